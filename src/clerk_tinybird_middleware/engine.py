@@ -1,0 +1,260 @@
+"""The framework-free engine: settings turned into a verifier, a token source and a cache,
+plus the response rules (headers, error bodies). The ASGI and WSGI edges only move bytes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from .cache import MemoryTokenCache, TokenCache
+from .clerk import ClerkTemplateSource
+from .core.claims import Reason
+from .core.keys import KeySet
+from .core.locate import cookie_suffix, frontend_api_from_publishable_key
+from .core.tokens import Backoff, TokenError, TokenSource, cache_key, token_from_jwt
+from .core.verify import SessionVerifier
+from .errors import ConfigurationError
+from .models import AuthResult, ClerkSession, TinybirdToken
+from .settings import Settings
+from .tinybird import LocalTokenSource
+
+__all__ = ["Engine", "TokenOutcome"]
+
+logger = logging.getLogger("clerk_tinybird_middleware")
+
+_NO_TOKEN_PRESENTED = frozenset(
+    {Reason.TOKEN_MISSING, Reason.TOKEN_AND_UAT_MISSING, Reason.UAT_BUT_NO_TOKEN}
+)
+_NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOutcome:
+    token: TinybirdToken | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+NO_TOKEN = TokenOutcome()
+
+
+def load_pem(pem: str) -> RSAPublicKey:
+    """``CLERK_JWT_KEY`` as Clerk's dashboard shows it: PEM, one-line with ``\\n``, or bare."""
+    text = pem.strip().replace("\\n", "\n")
+    if "-----BEGIN" not in text:
+        body = "".join(text.split())
+        text = f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
+    try:
+        key = load_pem_public_key(text.encode())
+    except (ValueError, TypeError):
+        raise ConfigurationError("CLERK_JWT_KEY is not a PEM public key") from None
+    if not isinstance(key, RSAPublicKey):
+        raise ConfigurationError("CLERK_JWT_KEY must be an RSA public key")
+    return key
+
+
+def default_token_source(settings: Settings) -> TokenSource | None:
+    """Local minting when configured, else the Clerk template, else none (SPEC §3)."""
+    if settings.tinybird_workspace_id and settings.tinybird_jwt_secret:
+        return LocalTokenSource.from_settings(settings)
+    if settings.tinybird_workspace_id or settings.tinybird_jwt_secret:
+        missing = "TINYBIRD_JWT_SECRET" if settings.tinybird_workspace_id else "TINYBIRD_WORKSPACE_ID"
+        raise ConfigurationError(f"{missing} is required for local minting")
+    if settings.secret_key:
+        return ClerkTemplateSource(settings.tinybird_template)
+    return None
+
+
+def default_token_cache(settings: Settings) -> TokenCache:
+    if settings.redis_url:
+        from .redis_cache import RedisTokenCache
+
+        return RedisTokenCache(settings.redis_url)
+    return MemoryTokenCache()
+
+
+class Engine:
+    """Everything both middlewares share, validated and precomputed once."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        token_source: TokenSource | None = None,
+        token_cache: TokenCache | None = None,
+        **setting_overrides: Any,
+    ) -> None:
+        settings = (settings or Settings.from_env()).replace(**setting_overrides)
+        self.settings = settings
+        if not settings.secret_key and not settings.jwt_key:
+            raise ConfigurationError(
+                "CLERK_SECRET_KEY or CLERK_JWT_KEY is required to verify Clerk sessions"
+            )
+        pem = load_pem(settings.jwt_key) if settings.jwt_key else None
+        self.key_set = (
+            None if pem is not None else KeySet(settings.clerk_api_url, settings.secret_key or "")
+        )
+        issuer = None
+        cookie_names = None
+        if settings.publishable_key:
+            host = frontend_api_from_publishable_key(settings.publishable_key)
+            if host is None:
+                raise ConfigurationError("CLERK_PUBLISHABLE_KEY is not a Clerk publishable key")
+            issuer = f"https://{host}"
+            suffix = cookie_suffix(settings.publishable_key)
+            cookie_names = (f"__session_{suffix}", f"__client_uat_{suffix}")
+        self.verifier = SessionVerifier(
+            pem_key=pem,
+            key_set=self.key_set,
+            issuer=issuer,
+            authorized_parties=settings.authorized_parties,
+            audience=settings.audience,
+            clock_skew=settings.clock_skew_seconds,
+            cookie_names=cookie_names,
+        )
+        self.source = token_source if token_source is not None else default_token_source(settings)
+        self.cache = token_cache if token_cache is not None else default_token_cache(settings)
+        self.namespace = self.source.cache_namespace(settings) if self.source else ""
+        self.backoff = Backoff()
+        self.anonymous = (
+            _anonymous_token(settings.anonymous_token) if settings.anonymous_token else None
+        )
+        self.exclude_paths = settings.exclude_paths
+        header = settings.token_header
+        self.header_name = header.encode() if header else None
+        self.expires_header_name = f"{header}-expires-at".encode() if header else None
+        if self.source is None:
+            logger.warning(
+                "clerk-tinybird: no Tinybird token source configured (set TINYBIRD_WORKSPACE_ID"
+                " + TINYBIRD_JWT_SECRET, or CLERK_SECRET_KEY for the Clerk template);"
+                " sessions are verified but no Tinybird token is issued",
+                extra={"clerk_tinybird_reason": TokenError.NOT_CONFIGURED},
+            )
+
+    def __repr__(self) -> str:
+        return f"Engine(source={self.source!r}, cache={self.cache!r})"
+
+    # -- request routing -------------------------------------------------------------------
+
+    def skips(self, method: str, path: str) -> bool:
+        """OPTIONS (CORS preflights) and excluded paths pass through untouched."""
+        if method == "OPTIONS":
+            return True
+        for prefix in self.exclude_paths:
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                return True
+        return False
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def token_plan(self, auth: AuthResult) -> TokenOutcome | str:
+        """A final outcome, or the cache key to fetch for."""
+        session = auth.session
+        if session is None:
+            return TokenOutcome(self.anonymous) if self.anonymous is not None else NO_TOKEN
+        if self.source is None:
+            return TokenOutcome(error=TokenError.NOT_CONFIGURED)
+        return cache_key(self.namespace, session)
+
+    def before_fetch(self, key: str) -> None:
+        """Refuse to call upstream while a ``Retry-After`` for this key runs."""
+        left = self.backoff.remaining(key)
+        if left is not None:
+            raise TokenError(TokenError.RATE_LIMITED, "waiting out Retry-After", retry_after=left)
+
+    def token_flow(self, session: ClerkSession) -> Any:
+        assert self.source is not None
+        return self.source.token_flow(session, self.settings)
+
+    def failed(self, key: str, error: BaseException) -> TokenOutcome:
+        """Turn any failure into an outcome; never let it become a 500."""
+        if isinstance(error, TokenError):
+            if error.code == TokenError.RATE_LIMITED and error.retry_after is not None:
+                if self.backoff.remaining(key) is None:
+                    self.backoff.block(key, error.retry_after)
+                    logger.warning(
+                        "clerk-tinybird: Clerk rate limit; no call for this tenant for %.0f s",
+                        error.retry_after,
+                        extra={"clerk_tinybird_reason": error.code},
+                    )
+            elif error.code != TokenError.TENANT_MISSING:
+                logger.warning(
+                    "clerk-tinybird: no Tinybird token: %s",
+                    error,
+                    extra={"clerk_tinybird_reason": error.code},
+                )
+            return TokenOutcome(error=error.code, retry_after=error.retry_after)
+        logger.error(
+            "clerk-tinybird: unexpected %s while getting a Tinybird token",
+            type(error).__name__,
+            extra={"clerk_tinybird_reason": TokenError.UNAVAILABLE},
+        )
+        return TokenOutcome(error=TokenError.UNAVAILABLE)
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def token_headers(self, token: TinybirdToken) -> list[tuple[bytes, bytes]]:
+        assert self.header_name is not None and self.expires_header_name is not None
+        return [
+            (self.header_name, token.jwt.encode()),
+            (self.expires_header_name, str(token.expires_at_unix).encode()),
+        ]
+
+    def merge_headers(
+        self, headers: Iterable[tuple[bytes, bytes]], token: TinybirdToken
+    ) -> list[tuple[bytes, bytes]]:
+        """The handler's headers with ours: no-store replaces its Cache-Control, Vary grows."""
+        merged: list[tuple[bytes, bytes]] = []
+        vary: list[bytes] = []
+        drop = (b"cache-control", self.header_name, self.expires_header_name)
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"vary":
+                vary.extend(v.strip() for v in value.split(b",") if v.strip())
+            elif lower not in drop:
+                merged.append((name, value))
+        seen = {v.lower() for v in vary}
+        if b"*" not in seen:
+            vary.extend(v for v in (b"Cookie", b"Authorization") if v.lower() not in seen)
+        merged.append((b"cache-control", b"private, no-store"))
+        merged.append((b"vary", b", ".join(vary)))
+        merged.extend(self.token_headers(token))
+        return merged
+
+    def unauthenticated(self, auth: AuthResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """401 for ``require_auth``: JSON body and ``WWW-Authenticate`` (RFC 6750)."""
+        return error_response(auth)
+
+
+def error_response(auth: AuthResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    reason = auth.reason or Reason.TOKEN_MISSING
+    challenge = b"Bearer" if reason in _NO_TOKEN_PRESENTED else b'Bearer error="invalid_token"'
+    body = json.dumps(
+        {"error": "unauthenticated", "reason": reason, "message": auth.message}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", challenge),
+        (b"cache-control", b"no-store"),
+    ]
+    return 401, headers, body
+
+
+def _anonymous_token(value: str) -> TinybirdToken:
+    """The opt-in token for signed-out requests: a JWT (its exp is read) or an opaque token."""
+    if value.count(".") == 2:
+        try:
+            token = token_from_jwt(value, anonymous=True)
+        except TokenError:
+            pass
+        else:
+            return token
+    return TinybirdToken(jwt=value, expires_at=_NEVER, anonymous=True)

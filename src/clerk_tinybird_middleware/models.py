@@ -1,0 +1,89 @@
+"""The values a request sees: :class:`AuthResult`, :class:`ClerkSession`, :class:`TinybirdToken`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+__all__ = ["AuthResult", "ClerkSession", "TinybirdToken"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClerkSession:
+    """A verified Clerk session, with org claims normalized across claim versions 1 and 2.
+
+    ``org_role`` always carries the ``org:`` prefix (``org:admin``); ``org_permissions`` holds
+    the explicit ``org_permissions`` (v1) or the features decoded from ``fea``/``o.per``/``o.fpm``
+    (v2), e.g. ``org:reports:read``.
+    """
+
+    user_id: str
+    session_id: str
+    org_id: str | None = None
+    org_slug: str | None = None
+    org_role: str | None = None
+    org_permissions: tuple[str, ...] = ()
+    actor: Mapping[str, Any] | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def has(self, *, role: str | None = None, permission: str | None = None) -> bool:
+        """True when the session's active org grants ``role`` and ``permission`` (both if given).
+
+        ``role`` may be written with or without the ``org:`` prefix. With neither argument,
+        true when an org is active.
+        """
+        if self.org_id is None:
+            return False
+        if role is not None:
+            wanted = role if role.startswith("org:") else f"org:{role}"
+            if self.org_role != wanted:
+                return False
+        return permission is None or permission in self.org_permissions
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The outcome of authenticating one request.
+
+    ``reason`` is a stable machine code (``token-expired``, ``session-token-missing``, …) and
+    ``message`` a human explanation; both are ``None`` when signed in. Neither ever contains a
+    token.
+    """
+
+    status: Literal["signed-in", "signed-out"]
+    reason: str | None = None
+    message: str | None = None
+    session: ClerkSession | None = None
+
+    @property
+    def is_signed_in(self) -> bool:
+        return self.status == "signed-in"
+
+    @classmethod
+    def signed_out(cls, reason: str, message: str) -> AuthResult:
+        return cls("signed-out", reason, message, None)
+
+    @classmethod
+    def signed_in(cls, session: ClerkSession) -> AuthResult:
+        return cls("signed-in", None, None, session)
+
+
+@dataclass(frozen=True, slots=True)
+class TinybirdToken:
+    """A Tinybird JWT and when it expires. ``repr``/``str`` never show the JWT itself."""
+
+    jwt: str = field(repr=False)
+    expires_at: datetime
+    claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    anonymous: bool = False
+
+    @property
+    def expires_at_unix(self) -> int:
+        return int(self.expires_at.timestamp())
+
+    @property
+    def name(self) -> str | None:
+        name = self.claims.get("name")
+        return name if isinstance(name, str) else None

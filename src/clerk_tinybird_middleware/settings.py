@@ -1,0 +1,197 @@
+"""Every option of the middleware, read from keyword arguments or the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["Settings"]
+
+Scopes = Sequence[Mapping[str, Any]] | Callable[..., Sequence[Mapping[str, Any]]]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _env(name: str) -> dict[str, str]:
+    return {"env": name}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All options, each with its environment variable (see the README's table).
+
+    Construct it directly, or with :meth:`from_env`; values are validated on construction and
+    a bad one raises :class:`ConfigurationError` naming its environment variable. Secrets are
+    left out of ``repr``.
+    """
+
+    secret_key: str | None = dataclasses.field(
+        default=None, repr=False, metadata=_env("CLERK_SECRET_KEY")
+    )
+    jwt_key: str | None = dataclasses.field(default=None, repr=False, metadata=_env("CLERK_JWT_KEY"))
+    publishable_key: str | None = dataclasses.field(
+        default=None, metadata=_env("CLERK_PUBLISHABLE_KEY")
+    )
+    authorized_parties: tuple[str, ...] = dataclasses.field(
+        default=(), metadata=_env("CLERK_AUTHORIZED_PARTIES")
+    )
+    audience: tuple[str, ...] = dataclasses.field(default=(), metadata=_env("CLERK_AUDIENCE"))
+    clock_skew_seconds: float = dataclasses.field(
+        default=5, metadata=_env("CLERK_CLOCK_SKEW_SECONDS")
+    )
+    clerk_api_url: str = dataclasses.field(
+        default="https://api.clerk.com", metadata=_env("CLERK_API_URL")
+    )
+    tinybird_template: str = dataclasses.field(
+        default="tinybird", metadata=_env("CLERK_TINYBIRD_TEMPLATE")
+    )
+    tinybird_api_url: str = dataclasses.field(
+        default="https://api.tinybird.co", metadata=_env("TINYBIRD_API_URL")
+    )
+    tinybird_workspace_id: str | None = dataclasses.field(
+        default=None, metadata=_env("TINYBIRD_WORKSPACE_ID")
+    )
+    tinybird_jwt_secret: str | None = dataclasses.field(
+        default=None, repr=False, metadata=_env("TINYBIRD_JWT_SECRET")
+    )
+    tinybird_scopes: Scopes | None = dataclasses.field(
+        default=None, metadata=_env("TINYBIRD_JWT_SCOPES")
+    )
+    tinybird_token_lifetime: int = dataclasses.field(
+        default=600, metadata=_env("TINYBIRD_TOKEN_LIFETIME")
+    )
+    anonymous_token: str | None = dataclasses.field(
+        default=None, repr=False, metadata=_env("TINYBIRD_ANONYMOUS_TOKEN")
+    )
+    token_header: str | None = dataclasses.field(
+        default="x-tinybird-token", metadata=_env("CLERK_TINYBIRD_TOKEN_HEADER")
+    )
+    require_auth: bool = dataclasses.field(
+        default=False, metadata=_env("CLERK_TINYBIRD_REQUIRE_AUTH")
+    )
+    exclude_paths: tuple[str, ...] = dataclasses.field(
+        default=(), metadata=_env("CLERK_TINYBIRD_EXCLUDE_PATHS")
+    )
+    redis_url: str | None = dataclasses.field(
+        default=None, repr=False, metadata=_env("CLERK_TINYBIRD_REDIS_URL")
+    )
+    refresh_margin_seconds: float = dataclasses.field(
+        default=10, metadata=_env("CLERK_TINYBIRD_REFRESH_MARGIN")
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            object.__setattr__(self, f.name, _coerce(f.name, f.metadata["env"], value))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every option from ``environ`` (default ``os.environ``); unset → default."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None:
+                values[f.name] = raw
+        return cls(**values)
+
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with some fields changed; unknown names raise ``TypeError``."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+    @staticmethod
+    def env_name(field_name: str) -> str:
+        """The environment variable of a field, for messages."""
+        return str(Settings.__dataclass_fields__[field_name].metadata["env"])
+
+
+_TUPLES = {"authorized_parties", "audience", "exclude_paths"}
+_FLOATS = {"clock_skew_seconds", "refresh_margin_seconds"}
+_INTS = {"tinybird_token_lifetime"}
+_URLS = {"clerk_api_url", "tinybird_api_url"}
+
+
+def _coerce(name: str, env: str, value: Any) -> Any:
+    """Validate and normalize one setting; strings (from the environment) are parsed."""
+    if name in _TUPLES:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigurationError(f"{env} must be a comma-separated list of strings")
+        if name == "exclude_paths":
+            bad = [p for p in value if not p.startswith("/")]
+            if bad:
+                raise ConfigurationError(f"{env}: paths must start with '/': {bad!r}")
+            value = [p.rstrip("/") or "/" for p in value]
+        return tuple(value)
+    if name in _FLOATS or name in _INTS:
+        kind = int if name in _INTS else float
+        if isinstance(value, bool):
+            raise ConfigurationError(f"{env} must be a number")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{env} must be a number, got {value!r}") from None
+        if number < 0 or number != number:
+            raise ConfigurationError(f"{env} must not be negative")
+        if name == "tinybird_token_lifetime" and number <= 0:
+            raise ConfigurationError(f"{env} must be positive")
+        return number
+    if name == "require_auth":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ConfigurationError(f"{env} must be a boolean (1/0, true/false, yes/no)")
+    if name == "tinybird_scopes":
+        return _coerce_scopes(env, value)
+    if name in _URLS:
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise ConfigurationError(f"{env} must be an http(s) URL")
+        return value.rstrip("/")
+    if name == "token_header":
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str) or not value.isascii() or any(c in value for c in " :\r\n"):
+            raise ConfigurationError(f"{env} must be a header name")
+        return value.lower()
+    if value == "":
+        return None  # an empty environment variable means "unset"
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(f"{env} must be a string")
+    return value
+
+
+def _coerce_scopes(env: str, value: Any) -> Any:
+    if value is None or callable(value):
+        return value
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigurationError(f"{env} must be a JSON list of scope objects") from None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, Mapping) for s in value):
+        raise ConfigurationError(f"{env} must be a list of scope objects")
+    for scope in value:
+        if not isinstance(scope.get("type"), str) or not isinstance(scope.get("resource"), str):
+            raise ConfigurationError(f"{env}: every scope needs a string 'type' and 'resource'")
+        fixed = scope.get("fixed_params", {})
+        if not isinstance(fixed, Mapping):
+            raise ConfigurationError(f"{env}: 'fixed_params' must be an object")
+    return tuple(value)
