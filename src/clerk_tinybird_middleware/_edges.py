@@ -93,9 +93,11 @@ class AsyncEdge:
                 if isinstance(op, HttpRequest):
                     result = await self._send(op)
                 elif isinstance(op, Sleep):
-                    result = await asyncio.sleep(op.seconds)
+                    await asyncio.sleep(op.seconds)
+                    result = None
                 elif isinstance(op, RefreshKeys):
-                    result = await self._refresh_keys(op)
+                    await self._refresh_keys(op)
+                    result = None
                 else:  # pragma: no cover - a flow bug
                     raise TypeError(f"unknown operation {op!r}")
         except StopIteration as stop:
@@ -128,8 +130,10 @@ class AsyncEdge:
             return await self.drive(engine.token_flow(session))
 
         try:
-            token = await engine.cache.aget_or_fetch(plan, fetch, engine.settings.refresh_margin_seconds)
-        except Exception as exc:  # noqa: BLE001 - upstream trouble must never become a 500
+            token = await engine.cache.aget_or_fetch(
+                plan, fetch, engine.settings.refresh_margin_seconds
+            )
+        except Exception as exc:
             return engine.failed(plan, exc)
         return TokenOutcome(token) if token is not None else NO_TOKEN
 
@@ -168,9 +172,11 @@ class SyncEdge:
                 if isinstance(op, HttpRequest):
                     result = self._send(op)
                 elif isinstance(op, Sleep):
-                    result = time.sleep(op.seconds)
+                    time.sleep(op.seconds)
+                    result = None
                 elif isinstance(op, RefreshKeys):
-                    result = self._refresh_keys(op)
+                    self._refresh_keys(op)
+                    result = None
                 else:  # pragma: no cover - a flow bug
                     raise TypeError(f"unknown operation {op!r}")
         except StopIteration as stop:
@@ -205,10 +211,9 @@ class SyncEdge:
 
         try:
             token = engine.cache.get_or_fetch(plan, fetch, engine.settings.refresh_margin_seconds)
-        except Exception as exc:  # noqa: BLE001 - upstream trouble must never become a 500
+        except Exception as exc:
             return engine.failed(plan, exc)
         return TokenOutcome(token)
 
     def close(self) -> None:
         self._client.close()
-

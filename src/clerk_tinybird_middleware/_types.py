@@ -7,7 +7,9 @@ from types import TracebackType
 from typing import Any, Protocol, TypeAlias
 
 WSGIEnviron: TypeAlias = dict[str, Any]
-ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
+ExcInfo: TypeAlias = (
+    tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+)
 
 
 class StartResponse(Protocol):

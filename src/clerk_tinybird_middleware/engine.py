@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .cache import MemoryTokenCache, TokenCache
 from .clerk import ClerkTemplateSource
-from .core.claims import Reason
+from .core import responses
+from .core.io import Op
 from .core.keys import KeySet
 from .core.locate import cookie_suffix, frontend_api_from_publishable_key
 from .core.tokens import Backoff, TokenError, TokenSource, cache_key, token_from_jwt
@@ -29,9 +30,6 @@ __all__ = ["Engine", "TokenOutcome"]
 
 logger = logging.getLogger("clerk_tinybird_middleware")
 
-_NO_TOKEN_PRESENTED = frozenset(
-    {Reason.TOKEN_MISSING, Reason.TOKEN_AND_UAT_MISSING, Reason.UAT_BUT_NO_TOKEN}
-)
 _NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)
 
 
@@ -65,7 +63,9 @@ def default_token_source(settings: Settings) -> TokenSource | None:
     if settings.tinybird_workspace_id and settings.tinybird_jwt_secret:
         return LocalTokenSource.from_settings(settings)
     if settings.tinybird_workspace_id or settings.tinybird_jwt_secret:
-        missing = "TINYBIRD_JWT_SECRET" if settings.tinybird_workspace_id else "TINYBIRD_WORKSPACE_ID"
+        missing = (
+            "TINYBIRD_JWT_SECRET" if settings.tinybird_workspace_id else "TINYBIRD_WORKSPACE_ID"
+        )
         raise ConfigurationError(f"{missing} is required for local minting")
     if settings.secret_key:
         return ClerkTemplateSource(settings.tinybird_template)
@@ -169,7 +169,7 @@ class Engine:
         if left is not None:
             raise TokenError(TokenError.RATE_LIMITED, "waiting out Retry-After", retry_after=left)
 
-    def token_flow(self, session: ClerkSession) -> Any:
+    def token_flow(self, session: ClerkSession) -> Generator[Op, Any, TinybirdToken]:
         assert self.source is not None
         return self.source.token_flow(session, self.settings)
 
@@ -201,7 +201,8 @@ class Engine:
     # -- responses ---------------------------------------------------------------------------
 
     def token_headers(self, token: TinybirdToken) -> list[tuple[bytes, bytes]]:
-        assert self.header_name is not None and self.expires_header_name is not None
+        assert self.header_name is not None
+        assert self.expires_header_name is not None
         return [
             (self.header_name, token.jwt.encode()),
             (self.expires_header_name, str(token.expires_at_unix).encode()),
@@ -234,16 +235,13 @@ class Engine:
 
 
 def error_response(auth: AuthResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    reason = auth.reason or Reason.TOKEN_MISSING
-    challenge = b"Bearer" if reason in _NO_TOKEN_PRESENTED else b'Bearer error="invalid_token"'
-    body = json.dumps(
-        {"error": "unauthenticated", "reason": reason, "message": auth.message}
-    ).encode()
+    """The middleware's own 401 (``require_auth``), as raw ASGI-style headers."""
+    payload, extra = responses.unauthenticated(auth)
+    body = json.dumps(payload).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", challenge),
-        (b"cache-control", b"no-store"),
+        *((name.lower().encode(), value.encode()) for name, value in extra.items()),
     ]
     return 401, headers, body
 

@@ -35,7 +35,9 @@ class Settings:
     secret_key: str | None = dataclasses.field(
         default=None, repr=False, metadata=_env("CLERK_SECRET_KEY")
     )
-    jwt_key: str | None = dataclasses.field(default=None, repr=False, metadata=_env("CLERK_JWT_KEY"))
+    jwt_key: str | None = dataclasses.field(
+        default=None, repr=False, metadata=_env("CLERK_JWT_KEY")
+    )
     publishable_key: str | None = dataclasses.field(
         default=None, metadata=_env("CLERK_PUBLISHABLE_KEY")
     )

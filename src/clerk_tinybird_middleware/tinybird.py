@@ -98,7 +98,8 @@ class LocalTokenSource:
             raise ConfigurationError(
                 "TINYBIRD_JWT_SCOPES is required with TINYBIRD_WORKSPACE_ID and TINYBIRD_JWT_SECRET"
             )
-        assert settings.tinybird_workspace_id and settings.tinybird_jwt_secret
+        assert settings.tinybird_workspace_id
+        assert settings.tinybird_jwt_secret
         return cls(
             settings.tinybird_workspace_id,
             settings.tinybird_jwt_secret,

@@ -109,7 +109,7 @@ def _v2_permissions(org: Mapping[str, Any], features: Any) -> tuple[str, ...]:
         if sep and name and scope in ("o", "ou", "uo"):
             org_features.append(name)
     granted: list[str] = []
-    for feature, mask_text in zip(org_features, masks):
+    for feature, mask_text in zip(org_features, masks, strict=False):
         if not mask_text.isdigit():  # malformed masks grant nothing
             continue
         mask = int(mask_text)

@@ -78,7 +78,7 @@ def request_with_retries(
     Returns the last response; a retryable one means the upstream is unavailable.
     """
     deadline = clock() + policy.budget
-    response = HttpResponse(0, error="timeout")
+    response: HttpResponse = HttpResponse(0, error="timeout")
     for attempt in range(policy.attempts):
         remaining = deadline - clock()
         if remaining <= 0.01:

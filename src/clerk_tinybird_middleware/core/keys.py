@@ -15,8 +15,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 
 from .claims import Reason
-from .jwt import MalformedJWT, b64url_decode
 from .io import HttpRequest, HttpResponse, Op, RetryPolicy, request_with_retries
+from .jwt import MalformedJWT, b64url_decode
 
 __all__ = ["KeySet", "Lookup", "parse_jwks"]
 

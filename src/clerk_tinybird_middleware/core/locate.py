@@ -7,7 +7,13 @@ import binascii
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["Located", "cookie_suffix", "frontend_api_from_publishable_key", "locate", "parse_cookies"]
+__all__ = [
+    "Located",
+    "cookie_suffix",
+    "frontend_api_from_publishable_key",
+    "locate",
+    "parse_cookies",
+]
 
 
 @dataclass(frozen=True, slots=True)

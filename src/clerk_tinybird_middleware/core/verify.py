@@ -85,7 +85,9 @@ class SessionVerifier:
         else:
             reason = time_failure(session.claims, now, self._skew)
             if reason is not None:
-                self._memo.pop(token, None)  # expired or not yet valid: re-verify from scratch later
+                self._memo.pop(
+                    token, None
+                )  # expired or not yet valid: re-verify from scratch later
                 return _out(reason)
         if located.client_uat and session.claims.get("iat", 0) < located.client_uat:
             return _out(Reason.IAT_BEFORE_UAT)

@@ -19,7 +19,7 @@ __all__ = ["serve_wsgi"]
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # request lines would carry nothing secret, but they are noise in test output
 
 
@@ -33,7 +33,9 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
 @contextmanager
 def serve_wsgi(app: WSGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``app`` on ``host:port`` (0 = a free port) and yield its base URL."""
-    server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
+    server = make_server(
+        host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
+    )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()

@@ -344,7 +344,9 @@ class FakeClerk:
         elif method == "POST" and _TEMPLATE_PATH.match(path):
             endpoint = "template"
         else:
-            return self._reply(start_response, "other", 404, _error("resource_not_found", "not found"))
+            return self._reply(
+                start_response, "other", 404, _error("resource_not_found", "not found")
+            )
         with self._lock:
             self.calls[endpoint] += 1
         fault = self._next_fault(endpoint)
@@ -365,7 +367,9 @@ class FakeClerk:
         given = environ.get("HTTP_AUTHORIZATION", "")
         return secrets.compare_digest(given.encode(), f"Bearer {self.secret_key}".encode())
 
-    def _template(self, environ: WSGIEnviron, start_response: StartResponse, path: str) -> Any:
+    def _template(
+        self, environ: WSGIEnviron, start_response: StartResponse, path: str
+    ) -> Iterable[bytes]:
         if not self._authorized(environ):
             return self._reply(start_response, "template", 401, _unauthorized())
         match = _TEMPLATE_PATH.match(path)
@@ -397,7 +401,9 @@ class FakeClerk:
             return self._reply(start_response, "template", 404, body)
         if not known_template:
             long = f"No JWT template exists with name: {template}"
-            return self._reply(start_response, "template", 404, _error("resource_not_found", "not found", long))
+            return self._reply(
+                start_response, "template", 404, _error("resource_not_found", "not found", long)
+            )
         token = self.template_token(sid, template, lifetime)
         body = json.dumps({"object": "token", "jwt": token}).encode()
         return self._reply(start_response, "template", 200, body)
@@ -451,7 +457,8 @@ def _unauthorized() -> bytes:
     return _error(
         "authentication_invalid",
         "Invalid authentication",
-        "The provided Clerk Secret Key is invalid. Make sure that your Clerk Secret Key is correct.",
+        "The provided Clerk Secret Key is invalid. Make sure that your Clerk Secret Key is "
+        "correct.",
     )
 
 

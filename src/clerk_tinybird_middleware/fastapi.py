@@ -1,0 +1,99 @@
+"""FastAPI dependencies over what :class:`ClerkTinybirdMiddleware` put in ``request.state``.
+
+They only read ``request.state``, so ``app.dependency_overrides`` replace them cleanly in
+tests. Errors are ``HTTPException`` s whose ``detail`` carries the JSON bodies of SPEC §6::
+
+    @app.get("/api/stats")
+    async def stats(session: SessionDep, token: TinybirdTokenDep) -> dict[str, str]:
+        ...
+
+    @app.get("/admin", dependencies=[Depends(require_org(role="admin"))])
+    async def admin() -> None: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from .core import responses
+from .models import AuthResult, ClerkSession, TinybirdToken
+
+__all__ = [
+    "SessionDep",
+    "TinybirdTokenDep",
+    "get_auth",
+    "get_session",
+    "get_tinybird_token",
+    "require_org",
+    "require_session",
+    "require_tinybird_token",
+]
+
+
+def get_auth(request: Request) -> AuthResult:
+    """The request's :class:`AuthResult` (always set by the middleware)."""
+    auth = getattr(request.state, "clerk_auth", None)
+    if not isinstance(auth, AuthResult):
+        raise RuntimeError(
+            "request.state.clerk_auth is not set: add ClerkTinybirdMiddleware to the app "
+            "(and do not use these dependencies on excluded paths)"
+        )
+    return auth
+
+
+def get_session(auth: Annotated[AuthResult, Depends(get_auth)]) -> ClerkSession | None:
+    """The verified session, or None when signed out."""
+    return auth.session
+
+
+def get_tinybird_token(request: Request) -> TinybirdToken | None:
+    """The Tinybird token handed out for this request, or None."""
+    return getattr(request.state, "tinybird_token", None)
+
+
+def require_session(auth: Annotated[AuthResult, Depends(get_auth)]) -> ClerkSession:
+    """The session; 401 (with ``WWW-Authenticate``) when signed out."""
+    if auth.session is None:
+        body, headers = responses.unauthenticated(auth)
+        raise HTTPException(401, detail=body, headers=headers)
+    return auth.session
+
+
+def require_org(
+    role: str | None = None, permission: str | None = None
+) -> Callable[[ClerkSession], ClerkSession]:
+    """A dependency: 401 when signed out, 403 without an active org, ``role`` or
+    ``permission`` (``role`` with or without the ``org:`` prefix)."""
+
+    def dependency(session: Annotated[ClerkSession, Depends(require_session)]) -> ClerkSession:
+        denied = responses.forbidden(session, role, permission)
+        if denied is not None:
+            raise HTTPException(403, detail=denied)
+        return session
+
+    return dependency
+
+
+def require_tinybird_token(
+    request: Request, auth: Annotated[AuthResult, Depends(get_auth)]
+) -> TinybirdToken:
+    """The Tinybird token; 401 when signed out (and no anonymous token), 503 with the reason
+    (and ``Retry-After`` after a Clerk 429) when it could not be had."""
+    token = get_tinybird_token(request)
+    if token is not None:
+        return token
+    if auth.session is None:
+        body, headers = responses.unauthenticated(auth)
+        raise HTTPException(401, detail=body, headers=headers)
+    body, headers = responses.token_unavailable(
+        getattr(request.state, "tinybird_token_error", None),
+        getattr(request.state, "tinybird_token_retry_after", None),
+    )
+    raise HTTPException(503, detail=body, headers=headers)
+
+
+SessionDep = Annotated[ClerkSession, Depends(require_session)]
+TinybirdTokenDep = Annotated[TinybirdToken, Depends(require_tinybird_token)]
