@@ -58,7 +58,7 @@ def other_key_same_kid(fake: FakeClerk) -> str:
 @dataclass
 class Case:
     id: str
-    headers: Callable[[FakeClerk], Mapping[str, str | bytes]]
+    headers: Callable[[FakeClerk], Mapping[str, str] | Mapping[bytes, bytes]]
     reason: str | None
     settings: dict[str, Any] = field(default_factory=dict)
     pem: bool = True  # verify with CLERK_JWT_KEY (no network) or with JWKS
@@ -121,7 +121,7 @@ CASES = [
     Case(
         "json-array-header", lambda f: bearer(f"{b64json([1])}.{b64json({})}.c2ln"), "token-invalid"
     ),
-    Case("non-ascii", lambda f: {"authorization": "Bearer éé.éé.éé".encode()}, "token-invalid"),
+    Case("non-ascii", lambda f: {b"authorization": "Bearer éé.éé.éé".encode()}, "token-invalid"),
     Case("two-parts", lambda f: bearer("abc.def"), "token-invalid"),
     # -- header checks --------------------------------------------------------------------------
     Case(

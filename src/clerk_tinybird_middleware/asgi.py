@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -13,7 +13,10 @@ from .core.claims import Reason
 from .core.tokens import TokenSource
 from .engine import NO_TOKEN, Engine, TokenOutcome
 from .models import AuthResult
-from .settings import Settings
+from .settings import SettingOverrides, Settings
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["ClerkTinybirdMiddleware"]
 
@@ -55,7 +58,7 @@ class ClerkTinybirdMiddleware:
         *,
         token_source: TokenSource | None = None,
         token_cache: TokenCache | None = None,
-        **setting_overrides: Any,
+        **setting_overrides: Unpack[SettingOverrides],
     ) -> None:
         self.app = app
         self.engine = Engine(

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -23,8 +23,11 @@ from .core.tokens import Backoff, TokenError, TokenSource, cache_key, token_from
 from .core.verify import SessionVerifier
 from .errors import ConfigurationError
 from .models import AuthResult, ClerkSession, TinybirdToken
-from .settings import Settings
+from .settings import SettingOverrides, Settings
 from .tinybird import LocalTokenSource
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Engine", "TokenOutcome"]
 
@@ -89,7 +92,7 @@ class Engine:
         *,
         token_source: TokenSource | None = None,
         token_cache: TokenCache | None = None,
-        **setting_overrides: Any,
+        **setting_overrides: Unpack[SettingOverrides],
     ) -> None:
         settings = (settings or Settings.from_env()).replace(**setting_overrides)
         self.settings = settings

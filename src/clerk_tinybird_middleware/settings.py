@@ -7,13 +7,39 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypedDict
 
 from .errors import ConfigurationError
 
-__all__ = ["Settings"]
+__all__ = ["SettingOverrides", "Settings"]
 
 Scopes = Sequence[Mapping[str, Any]] | Callable[..., Sequence[Mapping[str, Any]]]
+
+
+class SettingOverrides(TypedDict, total=False):
+    """Keyword overrides of single :class:`Settings` fields, typed so that
+    ``app.add_middleware(ClerkTinybirdMiddleware, require_auth=True)`` is checked."""
+
+    secret_key: str | None
+    jwt_key: str | None
+    publishable_key: str | None
+    authorized_parties: Sequence[str] | str
+    audience: Sequence[str] | str
+    clock_skew_seconds: float
+    clerk_api_url: str
+    tinybird_template: str
+    tinybird_api_url: str
+    tinybird_workspace_id: str | None
+    tinybird_jwt_secret: str | None
+    tinybird_scopes: Scopes | str | None
+    tinybird_token_lifetime: int
+    anonymous_token: str | None
+    token_header: str | None
+    require_auth: bool
+    exclude_paths: Sequence[str] | str
+    redis_url: str | None
+    refresh_margin_seconds: float
+
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})

@@ -117,7 +117,7 @@ class FakeClerk:
         self.issuer = f"https://{frontend_api}"
         self.publishable_key = "pk_test_" + base64.b64encode(f"{frontend_api}$".encode()).decode()
         self.secret_key = secret_key or f"sk_test_{secrets.token_urlsafe(30)}"
-        self.api_url: str | None = None
+        self._api_url: str | None = None
         self._lock = threading.Lock()
         self._keys = [_new_key()]
         self._templates: dict[str, _Template] = {}
@@ -127,7 +127,7 @@ class FakeClerk:
         self.log: list[tuple[str, int]] = []
 
     def __repr__(self) -> str:
-        return f"FakeClerk(frontend_api={self.frontend_api!r}, api_url={self.api_url!r})"
+        return f"FakeClerk(frontend_api={self.frontend_api!r}, api_url={self._api_url!r})"
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -326,15 +326,22 @@ class FakeClerk:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
+    @property
+    def api_url(self) -> str:
+        """The base URL while serving (``with fake.serve():``)."""
+        if self._api_url is None:
+            raise RuntimeError(f"{type(self).__name__} is not serving: use `with fake.serve():`")
+        return self._api_url
+
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         """Serve on loopback; yields the base URL (use it as ``CLERK_API_URL``)."""
         with serve_wsgi(self, host, port) as url:
-            self.api_url = url
+            self._api_url = url
             try:
                 yield url
             finally:
-                self.api_url = None
+                self._api_url = None
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]

@@ -122,7 +122,7 @@ class FakeTinybird:
         self.admin_token: str = admin_token or "p." + secrets.token_urlsafe(48)
         self.workspace_id: str = workspace_id or str(uuid.uuid4())
         self.anonymous_token: str | None = anonymous_token
-        self.api_url: str | None = None
+        self._api_url: str | None = None
         self._lock = threading.Lock()
         self._pipes: dict[str, _Pipe] = {}
         self._calls: list[PipeCall] = []
@@ -201,15 +201,22 @@ class FakeTinybird:
 
     # -- serving -------------------------------------------------------------------------------
 
+    @property
+    def api_url(self) -> str:
+        """The base URL while serving (``with fake.serve():``)."""
+        if self._api_url is None:
+            raise RuntimeError(f"{type(self).__name__} is not serving: use `with fake.serve():`")
+        return self._api_url
+
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         """Serve on loopback (a free port by default) and yield the base URL."""
         with serve_wsgi(self, host, port) as url:
-            self.api_url = url
+            self._api_url = url
             try:
                 yield url
             finally:
-                self.api_url = None
+                self._api_url = None
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
