@@ -115,7 +115,10 @@ class AsyncEdge:
         await asyncio.shield(task)  # a client hanging up does not cancel the shared fetch
 
     async def authenticate(self, authorization: str | None, cookie: str | None) -> AuthResult:
-        return await self.drive(self.engine.verifier.authenticate(authorization, cookie))
+        try:
+            return await self.drive(self.engine.verifier.authenticate(authorization, cookie))
+        except Exception:
+            return self.engine.verification_crashed()
 
     async def tinybird_token(self, auth: AuthResult) -> TokenOutcome:
         plan = self.engine.token_plan(auth)
@@ -195,7 +198,10 @@ class SyncEdge:
                 self._key_generation += 1
 
     def authenticate(self, authorization: str | None, cookie: str | None) -> AuthResult:
-        return self.drive(self.engine.verifier.authenticate(authorization, cookie))
+        try:
+            return self.drive(self.engine.verifier.authenticate(authorization, cookie))
+        except Exception:
+            return self.engine.verification_crashed()
 
     def tinybird_token(self, auth: AuthResult) -> TokenOutcome:
         plan = self.engine.token_plan(auth)

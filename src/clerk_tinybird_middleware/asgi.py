@@ -9,7 +9,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._edges import AsyncEdge
 from .cache import TokenCache
-from .core.claims import Reason
 from .core.tokens import TokenSource
 from .engine import NO_TOKEN, Engine, TokenOutcome
 from .models import AuthResult
@@ -90,11 +89,12 @@ class ClerkTinybirdMiddleware:
             await self._reject(kind, auth, send)
             return
         token = outcome.token
-        if token is None or kind != "http" or self.engine.header_name is None:
+        rule = self.engine.bytes_headers
+        if token is None or kind != "http" or rule is None:
             await self.app(scope, receive, send)
             return
 
-        merge = self.engine.merge_headers
+        merge = rule.merge
 
         async def send_with_token(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -111,13 +111,7 @@ class ClerkTinybirdMiddleware:
             elif name == b"cookie":  # HTTP/2 may split cookies over several headers
                 text = value.decode("latin-1")
                 cookie = text if cookie is None else f"{cookie}; {text}"
-        try:
-            auth = await self.edge.authenticate(authorization, cookie)
-        except Exception:
-            logger.exception("clerk-tinybird: unexpected error while verifying a session")
-            auth = AuthResult.signed_out(
-                Reason.TOKEN_INVALID, Reason.MESSAGES[Reason.TOKEN_INVALID]
-            )
+        auth = await self.edge.authenticate(authorization, cookie)
         if self._require_auth and auth.session is None:
             return auth, NO_TOKEN
         return auth, await self.edge.tinybird_token(auth)

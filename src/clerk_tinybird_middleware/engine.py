@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AnyStr, Generic
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -44,6 +44,7 @@ class TokenOutcome:
 
 
 NO_TOKEN = TokenOutcome()
+_CRASHED = AuthResult.signed_out("token-invalid", "The session token could not be verified.")
 
 
 def load_pem(pem: str) -> RSAPublicKey:
@@ -131,8 +132,8 @@ class Engine:
         )
         self.exclude_paths = settings.exclude_paths
         header = settings.token_header
-        self.header_name = header.encode() if header else None
-        self.expires_header_name = f"{header}-expires-at".encode() if header else None
+        self.bytes_headers = HeaderRule(header, _latin1) if header else None
+        self.str_headers = HeaderRule(header, str) if header else None
         if self.source is None:
             logger.warning(
                 "clerk-tinybird: no Tinybird token source configured (set TINYBIRD_WORKSPACE_ID"
@@ -154,6 +155,11 @@ class Engine:
             if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
                 return True
         return False
+
+    def verification_crashed(self) -> AuthResult:
+        """A bug in verification must not become a 500: log it, treat the token as invalid."""
+        logger.exception("clerk-tinybird: unexpected error while verifying a session")
+        return _CRASHED
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -203,38 +209,68 @@ class Engine:
 
     # -- responses ---------------------------------------------------------------------------
 
-    def token_headers(self, token: TinybirdToken) -> list[tuple[bytes, bytes]]:
-        assert self.header_name is not None
-        assert self.expires_header_name is not None
-        return [
-            (self.header_name, token.jwt.encode()),
-            (self.expires_header_name, str(token.expires_at_unix).encode()),
-        ]
-
-    def merge_headers(
-        self, headers: Iterable[tuple[bytes, bytes]], token: TinybirdToken
-    ) -> list[tuple[bytes, bytes]]:
-        """The handler's headers with ours: no-store replaces its Cache-Control, Vary grows."""
-        merged: list[tuple[bytes, bytes]] = []
-        vary: list[bytes] = []
-        drop = (b"cache-control", self.header_name, self.expires_header_name)
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"vary":
-                vary.extend(v.strip() for v in value.split(b",") if v.strip())
-            elif lower not in drop:
-                merged.append((name, value))
-        seen = {v.lower() for v in vary}
-        if b"*" not in seen:
-            vary.extend(v for v in (b"Cookie", b"Authorization") if v.lower() not in seen)
-        merged.append((b"cache-control", b"private, no-store"))
-        merged.append((b"vary", b", ".join(vary)))
-        merged.extend(self.token_headers(token))
-        return merged
-
     def unauthenticated(self, auth: AuthResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """401 for ``require_auth``: JSON body and ``WWW-Authenticate`` (RFC 6750)."""
         return error_response(auth)
+
+
+def _latin1(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+class HeaderRule(Generic[AnyStr]):
+    """SPEC §6's response headers, for one header type: ``bytes`` (ASGI) or ``str`` (WSGI).
+
+    ``Cache-Control: private, no-store`` replaces the handler's (no shared cache may store a
+    tenant's token), ``Vary`` gains ``Cookie, Authorization``, and any token headers the
+    handler set are replaced by ours. The encoded values of a token are memoized.
+    """
+
+    def __init__(self, token_header: str, encode: Callable[[str], AnyStr]) -> None:
+        self._encode: Callable[[str], AnyStr] = encode
+        self._token: AnyStr = encode(token_header)
+        self._expires: AnyStr = encode(f"{token_header}-expires-at")
+        self._cache_control: AnyStr = encode("cache-control")
+        self._no_store: AnyStr = encode("private, no-store")
+        self._vary: AnyStr = encode("vary")
+        self._comma: AnyStr = encode(",")
+        self._joiner: AnyStr = encode(", ")
+        self._star: AnyStr = encode("*")
+        self._ours: tuple[AnyStr, AnyStr] = (encode("Cookie"), encode("Authorization"))
+        self._drop: frozenset[AnyStr] = frozenset({self._cache_control, self._token, self._expires})
+        self._values: dict[str, list[tuple[AnyStr, AnyStr]]] = {}
+
+    def token_headers(self, token: TinybirdToken) -> list[tuple[AnyStr, AnyStr]]:
+        values = self._values.get(token.jwt)
+        if values is None:
+            if len(self._values) >= 10_000:
+                self._values.clear()
+            values = [
+                (self._token, self._encode(token.jwt)),
+                (self._expires, self._encode(str(token.expires_at_unix))),
+            ]
+            self._values[token.jwt] = values
+        return values
+
+    def merge(
+        self, headers: Iterable[tuple[AnyStr, AnyStr]], token: TinybirdToken
+    ) -> list[tuple[AnyStr, AnyStr]]:
+        """The handler's headers with ours."""
+        merged: list[tuple[AnyStr, AnyStr]] = []
+        vary: list[AnyStr] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower == self._vary:
+                vary.extend(v.strip() for v in value.split(self._comma) if v.strip())
+            elif lower not in self._drop:
+                merged.append((name, value))
+        seen = {v.lower() for v in vary}
+        if self._star not in seen:
+            vary.extend(v for v in self._ours if v.lower() not in seen)
+        merged.append((self._cache_control, self._no_store))
+        merged.append((self._vary, self._joiner.join(vary)))
+        merged.extend(self.token_headers(token))
+        return merged
 
 
 def error_response(auth: AuthResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
