@@ -42,6 +42,7 @@ from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qsl
 
 from .._types import StartResponse, WSGIEnviron
+from ..core.jwt import encode_hs256
 from ._server import serve_wsgi
 
 __all__ = ["FakeTinybird", "PipeCall", "RowFilter", "TokenKind", "default_filter"]
@@ -175,7 +176,7 @@ class FakeTinybird:
             claims["nbf"] = nbf
         if rps is not None:
             claims["limits"] = {"rps": rps}
-        return _sign_hs256(claims, self.admin_token)
+        return encode_hs256(claims, self.admin_token)
 
     # -- recorded calls ------------------------------------------------------------------------
 
@@ -363,25 +364,11 @@ class FakeTinybird:
 # -- tokens ------------------------------------------------------------------------------------
 
 
-def _b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _b64url_decode(segment: str) -> bytes:
     if not re.fullmatch(r"[A-Za-z0-9_-]*", segment):
         raise ValueError("not base64url")
     padded = segment + "=" * (-len(segment) % 4)
     return base64.b64decode(padded.translate(str.maketrans("-_", "+/")), validate=True)
-
-
-def _sign_hs256(claims: Mapping[str, Any], key: str) -> str:
-    header = {"alg": "HS256", "typ": "JWT"}
-    signing_input = ".".join(
-        _b64url_encode(json.dumps(part, separators=(",", ":")).encode())
-        for part in (header, claims)
-    )
-    signature = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64url_encode(signature)}"
 
 
 def _verify_hs256(token: str, key: str) -> dict[str, Any]:
