@@ -85,11 +85,12 @@ async def test_token_renewed_before_exp_minus_margin(
         fake_tinybird.admin_token, fake_tinybird.workspace_id, lifetime=60
     )
     token = session_for(fake_clerk, "user_1", "acme")
-    async with client(template_app(fake_clerk, refresh_margin_seconds=59.5)) as http:
+    # 60 s tokens renewed 57 s early: fresh for 2-3 s (exp is whole seconds).
+    async with client(template_app(fake_clerk, refresh_margin_seconds=57)) as http:
         first = await http.get("/", headers=bearer(token))
         again = await http.get("/", headers=bearer(token))
         assert fake_clerk.calls["template"] == 1
-        await asyncio.sleep(0.7)  # now within the margin: renewed, not served stale
+        await asyncio.sleep(3.1)  # now within the margin: renewed, not served stale
         renewed = await http.get("/", headers=bearer(token))
     assert first.headers["x-tinybird-token"] == again.headers["x-tinybird-token"]
     assert fake_clerk.calls["template"] == 2
@@ -345,3 +346,19 @@ async def test_no_token_in_logs(fake_clerk: FakeClerk, debug_logs: list[logging.
         text = record.getMessage() + repr(record.__dict__)
         for secret in secrets:
             assert secret not in text, f"a secret leaked into a log record of {record.name}"
+
+
+async def test_template_token_for_another_org_is_refused(fake_clerk: FakeClerk) -> None:
+    # Right after an org switch the browser may still send the old (valid) session token, but
+    # Clerk renders the template from the session's current org: that token must not be cached
+    # and handed out as the old org's.
+    sid = "sess_switching"
+    old = fake_clerk.session_token("user_1", org={"id": "org_a", "slug": "a"}, session_id=sid)
+    new = fake_clerk.session_token("user_1", org={"id": "org_b", "slug": "b"}, session_id=sid)
+    async with client(template_app(fake_clerk)) as http:
+        stale = await http.get("/", headers=bearer(old))
+        current = await http.get("/", headers=bearer(new))
+    assert stale.json()["token_error"] == "tenant-missing"
+    assert "x-tinybird-token" not in stale.headers
+    fixed = jwt_claims(current.headers["x-tinybird-token"])["scopes"][0]["fixed_params"]
+    assert fixed == {"org": "b", "user": "user_1"}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
+from .core import shortcodes
 from .core.io import HttpRequest, HttpResponse, Op, RetryPolicy, request_with_retries
 from .core.tokens import TokenError, short_hash, token_from_jwt
 from .errors import ConfigurationError
@@ -17,6 +18,10 @@ from .settings import Settings
 
 __all__ = ["ClerkTemplateSource"]
 
+DEFAULT_TENANT_PARAMS: Mapping[str, Sequence[str]] = {
+    "org": ("org.id", "org.slug"),
+    "user": ("user.id",),
+}
 DEFAULT_RETRY_AFTER = 10.0  # Clerk's rate-limit window, when a 429 carries no Retry-After
 MAX_RETRY_AFTER = 600.0
 
@@ -72,7 +77,10 @@ class ClerkTemplateSource:
     """Tinybird JWTs from a Clerk JWT template (``POST /v1/sessions/{sid}/tokens/{template}``).
 
     The template (see the README) signs with the Tinybird admin token and pins the tenant in
-    ``fixed_params``. Every answer passes the tenant guard before it is handed out.
+    ``fixed_params``. Every answer passes the tenant guard before it is handed out: no null or
+    empty fixed param, and each fixed param named in ``tenant_params`` (default: ``org`` must be
+    the session's org id or slug, ``user`` its user id) must be this session's own value —
+    pass a mapping for templates with other parameter names, or ``{}`` to skip that check.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class ClerkTemplateSource:
         template: str = "tinybird",
         expires_in_seconds: int | None = None,
         *,
+        tenant_params: Mapping[str, Sequence[str]] | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         if not template or "/" in template:
@@ -88,6 +97,11 @@ class ClerkTemplateSource:
             raise ConfigurationError("expires_in_seconds must be positive")
         self.template = template
         self.expires_in_seconds = expires_in_seconds
+        self.tenant_params = dict(DEFAULT_TENANT_PARAMS if tenant_params is None else tenant_params)
+        for fields in self.tenant_params.values():
+            unknown = [f for f in fields if f not in shortcodes.FIELDS]
+            if unknown:
+                raise ConfigurationError(f"tenant_params: unknown session field {unknown[0]!r}")
         self._retry = retry or RetryPolicy()
         self._body = (
             None
@@ -129,4 +143,29 @@ class ClerkTemplateSource:
             raise TokenError(TokenError.UNAVAILABLE, "malformed template response") from None
         if not isinstance(jwt, str):
             raise TokenError(TokenError.UNAVAILABLE, "malformed template response")
-        return token_from_jwt(jwt)
+        token = token_from_jwt(jwt)
+        self._check_tenant(token, session)
+        return token
+
+    def _check_tenant(self, token: TinybirdToken, session: ClerkSession) -> None:
+        """Refuse a token that pins another tenant than the request's session.
+
+        Clerk renders a template from the session's *current* active org, which may differ
+        from the org in the (up to 60 s old) session token of this request right after an
+        org switch; caching that token under this request's (user, org) would hand one org's
+        token to the other.
+        """
+        scopes = token.claims.get("scopes")
+        for scope in scopes if isinstance(scopes, list) else ():
+            fixed = scope.get("fixed_params") if isinstance(scope, Mapping) else None
+            if not isinstance(fixed, Mapping):
+                continue
+            for param, fields in self.tenant_params.items():
+                if param not in fixed:
+                    continue
+                allowed = {shortcodes.FIELDS[f](session) for f in fields} - {None}
+                if str(fixed[param]) not in allowed:
+                    raise TokenError(
+                        TokenError.TENANT_MISSING,
+                        f"the template token's {param!r} is not this session's (org switched?)",
+                    )

@@ -65,6 +65,9 @@ class Reason:
     }
 
 
+_MAX_MASK_DIGITS = 100  # far beyond any real mask (2^300); keeps int() cheap and bounded
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -110,8 +113,8 @@ def _v2_permissions(org: Mapping[str, Any], features: Any) -> tuple[str, ...]:
             org_features.append(name)
     granted: list[str] = []
     for feature, mask_text in zip(org_features, masks, strict=False):
-        if not mask_text.isdigit():  # malformed masks grant nothing
-            continue
+        if not (mask_text.isascii() and mask_text.isdigit()) or len(mask_text) > _MAX_MASK_DIGITS:
+            continue  # malformed masks grant nothing
         mask = int(mask_text)
         for j, permission in enumerate(permissions):
             if permission and mask >> j & 1:

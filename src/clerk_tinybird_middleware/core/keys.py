@@ -80,6 +80,7 @@ class KeySet:
         self._failed_at: float | None = None
         self._failure = Reason.JWK_LOAD_FAILED
         self._miss_fetch_at: float | None = None
+        self._fetching = False
 
     def __repr__(self) -> str:
         return f"KeySet(url={self._url!r}, kids={sorted(self._keys)!r})"
@@ -98,8 +99,8 @@ class KeySet:
         key = self._keys.get(kid)
         if key is not None:
             return Lookup(key=key)
-        if may_fetch and self.may_refetch_for_kid():
-            return Lookup(fetch="kid")
+        if may_fetch and (self._fetching or self.may_refetch_for_kid()):
+            return Lookup(fetch="kid")  # while a fetch is in flight, join it (rotation)
         return Lookup(failure=Reason.KID_MISMATCH)
 
     def _may_retry(self, now: float) -> bool:
@@ -113,7 +114,11 @@ class KeySet:
         """Fetch the JWKS and record the outcome."""
         if reason in ("kid", "signature"):
             self._miss_fetch_at = self.clock()
-        response: HttpResponse = yield from request_with_retries(self._request, self._retry)
+        self._fetching = True
+        try:
+            response: HttpResponse = yield from request_with_retries(self._request, self._retry)
+        finally:
+            self._fetching = False
         if response.status in (401, 403):
             self.failed(Reason.SECRET_KEY_INVALID)
         elif response.status != 200:

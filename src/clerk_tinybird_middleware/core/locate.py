@@ -93,8 +93,6 @@ def locate(
         uat = cookies.get("__client_uat")
     client_uat: int | None = None
     if uat is not None:
-        try:
-            client_uat = int(uat)
-        except ValueError:
-            client_uat = 0
+        # Clerk writes whole seconds; anything else counts as 0 (signed out), as in Clerk's SDKs.
+        client_uat = int(uat) if uat.isascii() and uat.isdigit() and len(uat) < 20 else 0
     return Located(session, from_cookie=True, client_uat=client_uat)

@@ -61,10 +61,10 @@ def short_hash(*parts: str) -> str:
 
 def cache_key(namespace: str, session: ClerkSession) -> str:
     """(source, user, org) — plus the session when someone is impersonating the user."""
-    parts = [namespace, session.user_id, session.org_id or "-"]
+    parts = [namespace, session.user_id, session.org_id]
     if session.actor is not None:
         parts.append(session.session_id)
-    return "|".join(parts)
+    return json.dumps(parts, separators=(",", ":"))  # unambiguous, whatever the ids contain
 
 
 def _empty(value: Any) -> bool:

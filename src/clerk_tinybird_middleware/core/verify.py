@@ -152,7 +152,8 @@ class SessionVerifier:
 
     def _static_claim_failure(self, claims: Mapping[str, Any]) -> str | None:
         """azp, aud, iss, sts, sid: fixed for a token, so checked once before memoizing."""
-        if self._parties and claims.get("azp") not in self._parties:
+        azp = claims.get("azp")
+        if self._parties and (not isinstance(azp, str) or azp not in self._parties):
             return Reason.INVALID_AZP
         if self._audience:
             aud = claims.get("aud")
