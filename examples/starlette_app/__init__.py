@@ -1,0 +1,1 @@
+"""A FastAPI (Starlette) app behind ``ClerkTinybirdMiddleware``; see ``app.py``."""

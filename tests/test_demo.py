@@ -1,0 +1,297 @@
+"""``clerk-tinybird demo``: the installed console script as a subprocess, then the demo wiring
+in process (``demo.running``) over real loopback HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clerk_tinybird_middleware import demo
+from clerk_tinybird_middleware.cli import main
+from conftest import free_port
+
+ALICE, BOB, CAROL, DAVE = "user_alice", "user_bob", "user_carol", "user_dave"
+
+
+def _script() -> list[str]:
+    script = Path(sys.executable).with_name("clerk-tinybird")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "clerk_tinybird_middleware.cli"]
+
+
+def _wait_until_up(proc: subprocess.Popen[bytes], url: str, log: Path) -> str:
+    """Wait for the banner (printed once everything listens) and a first answer; the banner."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the demo exited with {proc.returncode}:\n{log.read_text()}")
+        banner = log.read_text()
+        if "Press Ctrl+C" in banner:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return banner
+        time.sleep(0.1)
+    pytest.fail(f"the demo did not answer within 30 s:\n{log.read_text()}")
+
+
+def sign_in(client: httpx.Client, user: str, org: str = "") -> httpx.Response:
+    """What the sign-in page's buttons do."""
+    return client.post(demo.SIGN_IN_PATH, data={"user": user, "org": org})
+
+
+def pipe_rows(tinybird_url: str, token: str, **params: str) -> list[dict[str, object]]:
+    """What the dashboard's script does: query the pipe from the browser with the token."""
+    answer = httpx.get(
+        f"{tinybird_url}/v0/pipes/{demo.PIPE}.json",
+        params=params,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert answer.status_code == 200, answer.text
+    data: list[dict[str, object]] = answer.json()["data"]
+    return data
+
+
+# -- the console script --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_console_script_serves_sign_in_dashboard_and_pipe(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "demo.log"
+    with (
+        log.open("wb") as out,
+        subprocess.Popen(
+            [*_script(), "demo", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT
+        ) as proc,
+    ):
+        try:
+            base = f"http://127.0.0.1:{port}"
+            banner = _wait_until_up(proc, base + demo.SIGN_IN_PATH, log)
+            tinybird_url = re.search(r"FakeTinybird\s+(http://127\.0\.0\.1:\d+)", banner)
+            assert tinybird_url is not None, banner
+            assert f"{base}/" in banner
+
+            with httpx.Client(base_url=base) as client:
+                page = client.get(demo.SIGN_IN_PATH)
+                assert page.status_code == 200
+                assert 'data-user="alice"' in page.text
+
+                signed_in = sign_in(client, ALICE, "acme")
+                assert signed_in.status_code == 303
+                assert signed_in.headers["location"] == "/"
+                assert {"__session", "__client_uat"} <= set(client.cookies)
+
+                dashboard = client.get("/")
+                assert dashboard.status_code == 200
+                assert 'fetch("/api/token"' in dashboard.text
+                assert dashboard.headers["cache-control"] == "private, no-store"
+
+                token = client.get("/api/token").headers["x-tinybird-token"]
+                rows = pipe_rows(tinybird_url.group(1), token)
+                assert rows
+                assert {row["org"] for row in rows} == {"acme"}
+
+                hits = client.get("/api/hits")  # the same pipe, queried by the app server side
+                assert hits.status_code == 200
+                assert hits.json()["data"] == rows
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=20)
+    assert code == 0, log.read_text()
+    assert "stopped" in log.read_text()
+
+
+def test_console_script_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with demo.running() as run:  # holds a port
+        port = run.url.rsplit(":", 1)[1]
+        assert main(["demo", "--port", port]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# -- the demo wiring, in process -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[demo.Demo]:
+    with demo.running() as run:
+        yield run
+
+
+@pytest.fixture
+def client(running: demo.Demo) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=running.url) as http:
+        yield http
+
+
+@pytest.mark.parametrize(
+    ("user", "org"),
+    [
+        pytest.param(ALICE, "acme", id="alice-acme"),
+        pytest.param(ALICE, "globex", id="alice-globex"),
+        pytest.param(BOB, "acme", id="bob-acme"),
+        pytest.param(CAROL, "initech", id="carol-initech"),
+    ],
+)
+def test_each_tenant_sees_only_its_rows_even_when_asking_for_another(
+    running: demo.Demo, client: httpx.Client, user: str, org: str
+) -> None:
+    assert sign_in(client, user, org).status_code == 303
+    answer = client.get("/api/token")
+
+    info = answer.json()
+    assert (info["signed_in"], info["user_id"], info["org_slug"]) == (True, user, org)
+    token = answer.headers["x-tinybird-token"]
+    own = pipe_rows(running.tinybird.api_url, token)
+    assert own
+    assert {row["org"] for row in own} == {org}
+    other = "globex" if org != "globex" else "acme"
+    assert pipe_rows(running.tinybird.api_url, token, org=other) == own
+
+
+def test_a_personal_account_gets_no_token_tenant_missing(client: httpx.Client) -> None:
+    sign_in(client, DAVE)
+    answer = client.get("/api/token")
+
+    assert answer.json()["signed_in"] is True
+    assert answer.json()["tinybird_token_error"] == "tenant-missing"
+    assert "x-tinybird-token" not in answer.headers
+    unavailable = client.get("/api/hits")
+    assert unavailable.status_code == 503
+    assert unavailable.json()["detail"]["reason"] == "tenant-missing"
+
+
+def test_signing_out_leaves_no_token(client: httpx.Client) -> None:
+    sign_in(client, ALICE, "acme")
+    assert "x-tinybird-token" in client.get("/api/token").headers
+
+    out = client.post(demo.SIGN_OUT_PATH)
+    assert out.status_code == 303
+    answer = client.get("/api/token")
+
+    assert answer.json()["signed_in"] is False
+    assert answer.json()["reason"] == "session-token-and-uat-missing"  # as after a Clerk sign-out
+    assert "x-tinybird-token" not in answer.headers
+    assert client.get("/api/me").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("user", "org", "status"),
+    [
+        pytest.param(ALICE, "acme", 200, id="admin"),
+        pytest.param(ALICE, "globex", 403, id="member"),
+        pytest.param(CAROL, "", 403, id="no-org"),
+    ],
+)
+def test_org_admin_endpoint(client: httpx.Client, user: str, org: str, status: int) -> None:
+    sign_in(client, user, org)
+    assert client.get("/api/org").status_code == status
+
+
+def test_me_reports_the_verified_session(client: httpx.Client) -> None:
+    sign_in(client, CAROL, "globex")
+    me = client.get("/api/me").json()
+
+    assert me["user_id"] == CAROL
+    assert me["org_role"] == "org:admin"
+    assert "org:reports:manage" in me["org_permissions"]
+
+
+def test_cross_origin_pages_may_read_both_token_headers(
+    running: demo.Demo, client: httpx.Client
+) -> None:
+    sign_in(client, BOB, "acme")
+    answer = client.get("/api/token", headers={"Origin": "http://localhost:3000"})
+
+    assert answer.headers["access-control-allow-origin"] == "http://localhost:3000"
+    exposed = {h.strip() for h in answer.headers["access-control-expose-headers"].split(",")}
+    assert {"x-tinybird-token", "x-tinybird-token-expires-at"} <= exposed
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "form", "status"),
+    [
+        pytest.param("POST", demo.SIGN_IN_PATH, {"user": "user_nobody"}, 400, id="unknown-user"),
+        pytest.param(
+            "POST", demo.SIGN_IN_PATH, {"user": BOB, "org": "globex"}, 400, id="not-a-member"
+        ),
+        pytest.param("POST", demo.SIGN_IN_PATH, {"user": BOB, "org": "nope"}, 400, id="no-org"),
+        pytest.param("GET", demo.SIGN_OUT_PATH, {}, 405, id="sign-out-by-get"),
+        pytest.param("GET", "/dev/elsewhere", {}, 404, id="unknown-dev-path"),
+    ],
+)
+def test_dev_sign_in_rejects_bad_requests(
+    client: httpx.Client, method: str, path: str, form: dict[str, str], status: int
+) -> None:
+    answer = client.request(method, path, data=form or None)
+    assert answer.status_code == status
+    assert "set-cookie" not in answer.headers
+
+
+def test_the_health_check_skips_the_middleware(client: httpx.Client) -> None:
+    sign_in(client, ALICE, "acme")
+    health = client.get("/health")
+    assert health.json() == {"status": "ok"}
+    assert "x-tinybird-token" not in health.headers
+
+
+@pytest.mark.parametrize(
+    ("app", "source"),
+    [
+        pytest.param("starlette", "local", id="starlette-local-minting"),
+        pytest.param("flask", "template", id="flask-template"),
+    ],
+)
+def test_other_variants_hand_out_tenant_tokens(app: demo.AppKind, source: demo.SourceKind) -> None:
+    if app == "flask":
+        pytest.importorskip("flask")
+    with demo.running(app, source=source) as run, httpx.Client(base_url=run.url) as client:
+        assert client.get(demo.SIGN_IN_PATH).status_code == 200
+        sign_in(client, CAROL, "globex")
+        token = client.get("/").headers["x-tinybird-token"]
+        rows = pipe_rows(run.tinybird.api_url, token)
+    assert rows
+    assert {row["org"] for row in rows} == {"globex"}
+    template_calls = run.clerk.calls["template"]
+    assert template_calls == (0 if source == "local" else 1)
+
+
+def test_pipe_requires_an_org_like_a_well_written_pipe() -> None:
+    rows = demo.seed_rows(days=3)
+    assert {row["org"] for row in rows} == {org.slug for org in demo.ORGS}
+    assert [row for row in rows if demo.pipe_filter(row, {})] == []
+    assert [row for row in rows if demo.pipe_filter(row, {"user": ALICE})] == []
+    assert all(row["org"] == "acme" for row in rows if demo.pipe_filter(row, {"org": "acme"}))
+
+
+def test_demo_without_the_examples_says_where_to_get_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo, "examples_dirs", lambda: [tmp_path])
+
+    assert main(["demo", "--port", "0"]) == 2
+
+    err = capsys.readouterr().err
+    assert "example app was not found" in err
+    assert "make demo" in err
+
+
+def test_unknown_app_or_source_is_a_clear_error() -> None:
+    with pytest.raises(demo.DemoError, match="unknown app"), demo.running("django"):  # type: ignore[arg-type]
+        pass
+    with (
+        pytest.raises(demo.DemoError, match="unknown token source"),
+        demo.running(
+            source="magic"  # type: ignore[arg-type]
+        ),
+    ):
+        pass
