@@ -78,8 +78,13 @@ def default_token_source(settings: Settings) -> TokenSource | None:
 
 def default_token_cache(settings: Settings) -> TokenCache:
     if settings.redis_url:
-        from .redis_cache import RedisTokenCache
-
+        try:
+            from .redis_cache import RedisTokenCache
+        except ImportError:
+            raise ConfigurationError(
+                "CLERK_TINYBIRD_REDIS_URL needs redis: "
+                "pip install 'clerk-tinybird-middleware[redis]'"
+            ) from None
         return RedisTokenCache(settings.redis_url)
     return MemoryTokenCache()
 
