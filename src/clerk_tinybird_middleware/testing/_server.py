@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import socketserver
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from .._types import WSGIApp
+from .._types import StartResponse, WSGIApp, WSGIEnviron
 
-__all__ = ["serve_wsgi"]
+__all__ = ["LoopbackFake", "serve_wsgi"]
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -45,3 +45,29 @@ def serve_wsgi(app: WSGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+class LoopbackFake:
+    """Base of the fakes: a WSGI app that serves itself on loopback and knows its URL."""
+
+    _api_url: str | None = None
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        raise NotImplementedError
+
+    @property
+    def api_url(self) -> str:
+        """The base URL while serving (``with fake.serve():``)."""
+        if self._api_url is None:
+            raise RuntimeError(f"{type(self).__name__} is not serving: use `with fake.serve():`")
+        return self._api_url
+
+    @contextmanager
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve on ``host`` (a free port by default) and yield the base URL."""
+        with serve_wsgi(self, host, port) as url:
+            self._api_url = url
+            try:
+                yield url
+            finally:
+                self._api_url = None

@@ -22,8 +22,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .._types import StartResponse, WSGIEnviron
 from ..core.jwt import b64url_encode, encode_hs256
-from ._server import serve_wsgi
+from ._server import LoopbackFake
 
 __all__ = ["SESSION_CATEGORY", "TEMPLATE_CATEGORY", "FakeClerk", "Fault"]
 
@@ -100,7 +99,7 @@ def _new_key() -> _Key:
     return _Key(f"ins_{secrets.token_hex(12)}", private)
 
 
-class FakeClerk:
+class FakeClerk(LoopbackFake):
     """A fake Clerk instance: keys, session tokens, JWT templates and the BAPI endpoints.
 
     ``session_token(user_id, org={...})`` mints what the browser would hold in ``__session``;
@@ -117,7 +116,6 @@ class FakeClerk:
         self.issuer = f"https://{frontend_api}"
         self.publishable_key = "pk_test_" + base64.b64encode(f"{frontend_api}$".encode()).decode()
         self.secret_key = secret_key or f"sk_test_{secrets.token_urlsafe(30)}"
-        self._api_url: str | None = None
         self._lock = threading.Lock()
         self._keys = [_new_key()]
         self._templates: dict[str, _Template] = {}
@@ -325,23 +323,6 @@ class FakeClerk:
             return fault
 
     # -- HTTP ----------------------------------------------------------------------------------
-
-    @property
-    def api_url(self) -> str:
-        """The base URL while serving (``with fake.serve():``)."""
-        if self._api_url is None:
-            raise RuntimeError(f"{type(self).__name__} is not serving: use `with fake.serve():`")
-        return self._api_url
-
-    @contextmanager
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-        """Serve on loopback; yields the base URL (use it as ``CLERK_API_URL``)."""
-        with serve_wsgi(self, host, port) as url:
-            self._api_url = url
-            try:
-                yield url
-            finally:
-                self._api_url = None
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]

@@ -34,8 +34,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal, TypeAlias
@@ -43,7 +42,7 @@ from urllib.parse import parse_qsl
 
 from .._types import StartResponse, WSGIEnviron
 from ..core.jwt import encode_hs256
-from ._server import serve_wsgi
+from ._server import LoopbackFake
 
 __all__ = ["FakeTinybird", "PipeCall", "RowFilter", "TokenKind", "default_filter"]
 
@@ -110,7 +109,7 @@ def default_filter(row: dict[str, Any], params: Mapping[str, str]) -> bool:
     return all(str(row[key]) == value for key, value in params.items() if key in row)
 
 
-class FakeTinybird:
+class FakeTinybird(LoopbackFake):
     """In-process Tinybird workspace serving ``GET /v0/pipes/{name}.{json,csv,ndjson}``."""
 
     def __init__(
@@ -123,7 +122,6 @@ class FakeTinybird:
         self.admin_token: str = admin_token or "p." + secrets.token_urlsafe(48)
         self.workspace_id: str = workspace_id or str(uuid.uuid4())
         self.anonymous_token: str | None = anonymous_token
-        self._api_url: str | None = None
         self._lock = threading.Lock()
         self._pipes: dict[str, _Pipe] = {}
         self._calls: list[PipeCall] = []
@@ -201,23 +199,6 @@ class FakeTinybird:
             self._buckets.clear()
 
     # -- serving -------------------------------------------------------------------------------
-
-    @property
-    def api_url(self) -> str:
-        """The base URL while serving (``with fake.serve():``)."""
-        if self._api_url is None:
-            raise RuntimeError(f"{type(self).__name__} is not serving: use `with fake.serve():`")
-        return self._api_url
-
-    @contextmanager
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-        """Serve on loopback (a free port by default) and yield the base URL."""
-        with serve_wsgi(self, host, port) as url:
-            self._api_url = url
-            try:
-                yield url
-            finally:
-                self._api_url = None
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
