@@ -115,6 +115,9 @@ class AsyncEdge:
         await asyncio.shield(task)  # a client hanging up does not cancel the shared fetch
 
     async def authenticate(self, authorization: str | None, cookie: str | None) -> AuthResult:
+        hit = self.engine.verifier.cached(authorization, cookie)
+        if hit is not None:
+            return hit
         try:
             return await self.drive(self.engine.verifier.authenticate(authorization, cookie))
         except Exception:
@@ -124,9 +127,12 @@ class AsyncEdge:
         plan = self.engine.token_plan(auth)
         if isinstance(plan, TokenOutcome):
             return plan
+        engine = self.engine
+        token = engine.cache.get(plan)
+        if token is not None:
+            return TokenOutcome(token)
         session = auth.session
         assert session is not None
-        engine = self.engine
 
         async def fetch() -> TinybirdToken:
             engine.before_fetch(plan)
@@ -198,6 +204,9 @@ class SyncEdge:
                 self._key_generation += 1
 
     def authenticate(self, authorization: str | None, cookie: str | None) -> AuthResult:
+        hit = self.engine.verifier.cached(authorization, cookie)
+        if hit is not None:
+            return hit
         try:
             return self.drive(self.engine.verifier.authenticate(authorization, cookie))
         except Exception:
@@ -207,9 +216,12 @@ class SyncEdge:
         plan = self.engine.token_plan(auth)
         if isinstance(plan, TokenOutcome):
             return plan
+        engine = self.engine
+        token = engine.cache.get(plan)
+        if token is not None:
+            return TokenOutcome(token)
         session: ClerkSession | None = auth.session
         assert session is not None
-        engine = self.engine
 
         def fetch() -> TinybirdToken:
             engine.before_fetch(plan)

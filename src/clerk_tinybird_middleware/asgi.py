@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._edges import AsyncEdge
 from .cache import TokenCache
 from .core.tokens import TokenSource
-from .engine import NO_TOKEN, Engine, TokenOutcome
+from .engine import NO_TOKEN, Engine
 from .models import AuthResult
 from .settings import SettingOverrides, Settings
 
@@ -77,18 +78,19 @@ class ClerkTinybirdMiddleware:
             await self.app(scope, receive, send)
             return
 
-        auth, outcome = await self._authenticate(scope)
+        auth = await self.edge.authenticate(*_credentials(scope["headers"]))
+        rejected = self._require_auth and auth.session is None
+        outcome = NO_TOKEN if rejected else await self.edge.tinybird_token(auth)
         state = scope.setdefault("state", {})
         state["clerk_auth"] = auth
         state["clerk_session"] = auth.session
-        state["tinybird_token"] = outcome.token
+        state["tinybird_token"] = token = outcome.token
         state["tinybird_token_error"] = outcome.error
         state["tinybird_token_retry_after"] = outcome.retry_after
 
-        if self._require_auth and auth.session is None:
+        if rejected:
             await self._reject(kind, auth, send)
             return
-        token = outcome.token
         rule = self.engine.bytes_headers
         if token is None or kind != "http" or rule is None:
             await self.app(scope, receive, send)
@@ -103,19 +105,6 @@ class ClerkTinybirdMiddleware:
 
         await self.app(scope, receive, send_with_token)
 
-    async def _authenticate(self, scope: Scope) -> tuple[AuthResult, TokenOutcome]:
-        authorization = cookie = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"cookie":  # HTTP/2 may split cookies over several headers
-                text = value.decode("latin-1")
-                cookie = text if cookie is None else f"{cookie}; {text}"
-        auth = await self.edge.authenticate(authorization, cookie)
-        if self._require_auth and auth.session is None:
-            return auth, NO_TOKEN
-        return auth, await self.edge.tinybird_token(auth)
-
     async def _reject(self, kind: str, auth: AuthResult, send: Send) -> None:
         if kind == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": auth.reason or ""})
@@ -123,3 +112,15 @@ class ClerkTinybirdMiddleware:
         status, headers, body = self.engine.unauthenticated(auth)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _credentials(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(Authorization, Cookie) from raw ASGI headers; HTTP/2 may split cookies over several."""
+    authorization = cookie = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"cookie":
+            text = value.decode("latin-1")
+            cookie = text if cookie is None else f"{cookie}; {text}"
+    return authorization, cookie

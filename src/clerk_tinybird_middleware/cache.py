@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Protocol
 
-from cachetools import TLRUCache
+from cachetools import LRUCache
 
 from .models import TinybirdToken
 
@@ -21,7 +21,11 @@ __all__ = ["MemoryTokenCache", "TokenCache"]
 
 
 class TokenCache(Protocol):
-    """What the middleware needs of a cache. Both methods must be safe to call concurrently."""
+    """What the middleware needs of a cache. Every method must be safe to call concurrently."""
+
+    def get(self, key: str) -> TinybirdToken | None:
+        """A fresh token held in process, or None — without any I/O (the warm path)."""
+        ...
 
     def get_or_fetch(
         self, key: str, fetch: Callable[[], TinybirdToken], margin: float
@@ -36,12 +40,8 @@ def fresh_until(token: TinybirdToken, margin: float) -> float:
     return token.expires_at.timestamp() - margin
 
 
-def _ttu(_key: str, value: tuple[TinybirdToken, float], _now: float) -> float:
-    return value[1]
-
-
 class MemoryTokenCache:
-    """An in-process LRU of tokens, each dropped when it stops being fresh.
+    """An in-process LRU of tokens, each used only while fresh (until ``exp - margin``).
 
     Thread-safe (WSGI servers call it from many threads) and event-loop-safe: concurrent
     misses for one key share one fetch, and a waiter that is cancelled (a client hanging up)
@@ -50,9 +50,9 @@ class MemoryTokenCache:
 
     def __init__(self, maxsize: int = 10_000) -> None:
         self.maxsize = maxsize
-        self._data: TLRUCache[str, tuple[TinybirdToken, float]] = TLRUCache(
-            maxsize, ttu=_ttu, timer=time.time
-        )
+        # (token, fresh until): freshness is checked on read, a stale entry is overwritten by
+        # the next fetch, and the LRU bound keeps the rest in check.
+        self._data: LRUCache[str, tuple[TinybirdToken, float]] = LRUCache(maxsize)
         self._lock = threading.Lock()
         self._tasks: dict[str, asyncio.Task[TinybirdToken]] = {}
         self._futures: dict[str, Future[TinybirdToken]] = {}

@@ -243,6 +243,8 @@ class HeaderRule(Generic[AnyStr]):
         self._star: AnyStr = encode("*")
         self._ours: tuple[AnyStr, AnyStr] = (encode("Cookie"), encode("Authorization"))
         self._drop: frozenset[AnyStr] = frozenset({self._cache_control, self._token, self._expires})
+        self._no_store_header: tuple[AnyStr, AnyStr] = (self._cache_control, self._no_store)
+        self._default_vary: tuple[AnyStr, AnyStr] = (self._vary, self._joiner.join(self._ours))
         self._values: dict[str, list[tuple[AnyStr, AnyStr]]] = {}
 
     def token_headers(self, token: TinybirdToken) -> list[tuple[AnyStr, AnyStr]]:
@@ -262,20 +264,24 @@ class HeaderRule(Generic[AnyStr]):
     ) -> list[tuple[AnyStr, AnyStr]]:
         """The handler's headers with ours."""
         merged: list[tuple[AnyStr, AnyStr]] = []
-        vary: list[AnyStr] = []
+        vary: list[AnyStr] | None = None
         for name, value in headers:
             lower = name.lower()
             if lower == self._vary:
+                vary = vary or []
                 vary.extend(v.strip() for v in value.split(self._comma) if v.strip())
             elif lower not in self._drop:
                 merged.append((name, value))
+        merged.append(self._no_store_header)
+        merged.append(self._default_vary if vary is None else self._merged_vary(vary))
+        merged.extend(self.token_headers(token))
+        return merged
+
+    def _merged_vary(self, vary: list[AnyStr]) -> tuple[AnyStr, AnyStr]:
         seen = {v.lower() for v in vary}
         if self._star not in seen:
             vary.extend(v for v in self._ours if v.lower() not in seen)
-        merged.append((self._cache_control, self._no_store))
-        merged.append((self._vary, self._joiner.join(vary)))
-        merged.extend(self.token_headers(token))
-        return merged
+        return self._vary, self._joiner.join(vary)
 
 
 def error_response(auth: AuthResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -193,6 +193,10 @@ class RedisTokenCache:
 
     # -- the protocol of TokenCache -----------------------------------------------------------
 
+    def get(self, key: str) -> TinybirdToken | None:
+        """The in-process layer only: a warm request never touches Redis."""
+        return self.local.get(key)
+
     def get_or_fetch(
         self, key: str, fetch: Callable[[], TinybirdToken], margin: float
     ) -> TinybirdToken:

@@ -61,10 +61,10 @@ def short_hash(*parts: str) -> str:
 
 def cache_key(namespace: str, session: ClerkSession) -> str:
     """(source, user, org) — plus the session when someone is impersonating the user."""
-    parts = [namespace, session.user_id, session.org_id]
-    if session.actor is not None:
-        parts.append(session.session_id)
-    return json.dumps(parts, separators=(",", ":"))  # unambiguous, whatever the ids contain
+    # Length-prefixed, so no choice of ids can make two tenants' keys collide.
+    user, org = session.user_id, session.org_id or ""
+    key = f"{namespace}|{len(user)}:{user}|{len(org)}:{org}"
+    return key if session.actor is None else f"{key}|{session.session_id}"
 
 
 def _empty(value: Any) -> bool:

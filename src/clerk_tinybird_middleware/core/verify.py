@@ -8,7 +8,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from ..models import AuthResult, ClerkSession
+from ..models import AuthResult
 from .claims import SESSION_CATEGORY, Reason, session_from_claims, shape_failure, time_failure
 from .io import Op, RefreshKeys
 from .jwt import RSA_HASHES, MalformedJWT, ParsedJWT, parse, verify_rsa
@@ -17,7 +17,7 @@ from .locate import Located, locate
 
 __all__ = ["SessionVerifier"]
 
-_MEMO_SIZE = 10_000
+_MEMO_SIZE = 4096
 
 
 def _out(reason: str) -> AuthResult:
@@ -30,8 +30,8 @@ _MISSING = _out(Reason.TOKEN_MISSING)
 class SessionVerifier:
     """Verifies session tokens against a PEM key (no network, ever) or a JWKS :class:`KeySet`.
 
-    Tokens that pass every check are memoized by their exact string until their ``exp``; on a
-    memo hit only the per-request checks (time, ``__client_uat``) run again.
+    Requests that pass every check are memoized by their exact ``Authorization`` and ``Cookie``
+    headers (so by the exact token string); on a memo hit only the time checks run again.
     """
 
     def __init__(
@@ -56,13 +56,34 @@ class SessionVerifier:
         self._skew = clock_skew
         self._cookie_names = cookie_names
         self.clock = clock
-        # A plain dict: single operations are atomic, so WSGI threads can share it unlocked.
-        self._memo: dict[str, ClerkSession] = {}
+        # (Authorization, Cookie) → a signed-in result. Plain dict: single operations are
+        # atomic, so WSGI threads share it unlocked. Only signed-in results are kept.
+        self._memo: dict[tuple[str | None, str | None], AuthResult] = {}
+
+    def cached(self, authorization: str | None, cookie: str | None) -> AuthResult | None:
+        """The warm path: the same two headers as a request already verified, still in time.
+
+        Everything about a token is fixed by its exact string except time, so only the time
+        checks run again; ``None`` means "run :meth:`authenticate`".
+        """
+        key = (authorization, cookie)
+        hit = self._memo.get(key)
+        if hit is None:
+            return None
+        assert hit.session is not None
+        reason = time_failure(hit.session.claims, self.clock(), self._skew)
+        if reason is None:
+            return hit
+        self._memo.pop(key, None)  # expired: verify from scratch (and fail) from now on
+        return _out(reason)
 
     def authenticate(
         self, authorization: str | None, cookie: str | None
     ) -> Generator[Op, Any, AuthResult]:
         """The whole of SPEC §4 for one request's two headers."""
+        cached = self.cached(authorization, cookie)
+        if cached is not None:
+            return cached
         located = locate(authorization, cookie, self._cookie_names)
         token = located.token
         if located.client_uat is not None:
@@ -71,27 +92,16 @@ class SessionVerifier:
                 return early
         if not token:
             return _MISSING
-        now = self.clock()
-        session = self._memo.get(token)
+        result = yield from self._verify(token, self.clock())
+        session = result.session
         if session is None:
-            result = yield from self._verify(token, now)
-            if not result.is_signed_in:
-                return result
-            session = result.session
-            assert session is not None
-            if len(self._memo) >= _MEMO_SIZE:
-                self._memo.clear()  # crude but lock-free; entries are cheap to rebuild
-            self._memo[token] = session
-        else:
-            reason = time_failure(session.claims, now, self._skew)
-            if reason is not None:
-                self._memo.pop(
-                    token, None
-                )  # expired or not yet valid: re-verify from scratch later
-                return _out(reason)
+            return result
         if located.client_uat and session.claims.get("iat", 0) < located.client_uat:
             return _out(Reason.IAT_BEFORE_UAT)
-        return AuthResult.signed_in(session)
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()  # crude but lock-free; entries are cheap to rebuild
+        self._memo[(authorization, cookie)] = result
+        return result
 
     def _verify(self, token: str, now: float) -> Generator[Op, Any, AuthResult]:
         try:
