@@ -135,8 +135,7 @@ class AsyncEdge:
         assert session is not None
 
         async def fetch() -> TinybirdToken:
-            engine.before_fetch(plan)
-            return await self.drive(engine.token_flow(session))
+            return await self.drive(engine.fetch_flow(plan, session))
 
         try:
             token = await engine.cache.aget_or_fetch(
@@ -224,8 +223,7 @@ class SyncEdge:
         assert session is not None
 
         def fetch() -> TinybirdToken:
-            engine.before_fetch(plan)
-            return self.drive(engine.token_flow(session))
+            return self.drive(engine.fetch_flow(plan, session))
 
         try:
             token = engine.cache.get_or_fetch(plan, fetch, engine.settings.refresh_margin_seconds)

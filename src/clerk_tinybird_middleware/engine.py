@@ -177,28 +177,33 @@ class Engine:
             return TokenOutcome(error=TokenError.NOT_CONFIGURED)
         return cache_key(self.namespace, session)
 
-    def before_fetch(self, key: str) -> None:
-        """Refuse to call upstream while a ``Retry-After`` for this key runs."""
+    def fetch_flow(self, key: str, session: ClerkSession) -> Generator[Op, Any, TinybirdToken]:
+        """The upstream fetch for one cache key, run once however many requests wait on it.
+
+        No call while a ``Retry-After`` for the key runs; a 429's ``Retry-After`` is recorded
+        here, inside the shared fetch, before any waiter wakes — so a request arriving right
+        after cannot slip another call in.
+        """
         left = self.backoff.remaining(key)
         if left is not None:
             raise TokenError(TokenError.RATE_LIMITED, "waiting out Retry-After", retry_after=left)
-
-    def token_flow(self, session: ClerkSession) -> Generator[Op, Any, TinybirdToken]:
         assert self.source is not None
-        return self.source.token_flow(session, self.settings)
+        try:
+            return (yield from self.source.token_flow(session, self.settings))
+        except TokenError as error:
+            if error.code == TokenError.RATE_LIMITED and error.retry_after is not None:
+                self.backoff.block(key, error.retry_after)
+                logger.warning(
+                    "clerk-tinybird: Clerk rate limit; no call for this tenant for %.0f s",
+                    error.retry_after,
+                    extra={"clerk_tinybird_reason": error.code},
+                )
+            raise
 
     def failed(self, key: str, error: BaseException) -> TokenOutcome:
         """Turn any failure into an outcome; never let it become a 500."""
         if isinstance(error, TokenError):
-            if error.code == TokenError.RATE_LIMITED and error.retry_after is not None:
-                if self.backoff.remaining(key) is None:
-                    self.backoff.block(key, error.retry_after)
-                    logger.warning(
-                        "clerk-tinybird: Clerk rate limit; no call for this tenant for %.0f s",
-                        error.retry_after,
-                        extra={"clerk_tinybird_reason": error.code},
-                    )
-            elif error.code != TokenError.TENANT_MISSING:
+            if error.code not in (TokenError.RATE_LIMITED, TokenError.TENANT_MISSING):
                 logger.warning(
                     "clerk-tinybird: no Tinybird token: %s",
                     error,

@@ -89,7 +89,7 @@ class KeySet:
         now = self.clock()
         if self._loaded_at is None:
             if may_fetch:
-                return Lookup(fetch="load")
+                return Lookup(fetch="load")  # the driver joins a load already in flight
             return Lookup(failure=self._failure)
         age = now - self._loaded_at
         if age >= FRESH_FOR and may_fetch and (age >= STALE_LIMIT or self._may_retry(now)):

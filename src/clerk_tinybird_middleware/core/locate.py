@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Located",
@@ -18,7 +18,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Located:
-    token: str | None
+    token: str | None = field(repr=False)  # a session token: never in a repr
     from_cookie: bool
     client_uat: int | None  # None: no __client_uat cookie (or a header token)
 
