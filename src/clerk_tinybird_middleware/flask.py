@@ -32,7 +32,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from flask import Flask, Response, g, request
 
@@ -40,8 +40,11 @@ from .cache import TokenCache
 from .core import responses
 from .core.tokens import TokenSource
 from .models import AuthResult
-from .settings import Settings
+from .settings import SettingOverrides, Settings
 from .wsgi import ENVIRON_PREFIX, ClerkTinybirdWSGIMiddleware
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "EXTENSION_KEY",
@@ -110,7 +113,7 @@ class ClerkTinybird:
         *,
         token_source: TokenSource | None = None,
         token_cache: TokenCache | None = None,
-        **setting_overrides: Any,
+        **setting_overrides: Unpack[SettingOverrides],
     ) -> None:
         self.settings = settings
         self.token_source = token_source
