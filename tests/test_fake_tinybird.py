@@ -56,6 +56,7 @@ def _bearer(token: str) -> dict[str, str]:
 # -- happy path --------------------------------------------------------------------------------
 
 
+@pytest.mark.token_in_url
 @pytest.mark.parametrize("via", ["header", "query"], ids=["bearer-header", "token-param"])
 def test_fixed_params_override_the_callers_org(
     fake: FakeTinybird, client: httpx.Client, via: str
@@ -192,6 +193,7 @@ REJECTED: list[tuple[str, Callable[[FakeTinybird], str]]] = [
 @pytest.mark.parametrize(
     "make_token", [make for _, make in REJECTED], ids=[case_id for case_id, _ in REJECTED]
 )
+@pytest.mark.token_in_url
 @pytest.mark.parametrize("via", ["header", "query"], ids=["bearer-header", "token-param"])
 def test_bad_tokens_get_403_without_echoing_the_token(
     fake: FakeTinybird,
@@ -262,6 +264,7 @@ def test_post_is_405(fake: FakeTinybird, client: httpx.Client) -> None:
     [("anonymous_token", "anonymous"), ("admin_token", "admin")],
     ids=["anonymous", "admin"],
 )
+@pytest.mark.token_in_url
 @pytest.mark.parametrize("pipe", ["events", "other"])
 def test_static_tokens_read_any_pipe_with_callers_params(
     fake: FakeTinybird, client: httpx.Client, token_attr: str, kind: str, pipe: str

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .._types import StartResponse, WSGIEnviron
 from ..core.jwt import b64url_encode, encode_hs256
+from ._issued import issue
 from ._server import LoopbackFake
 
 __all__ = ["SESSION_CATEGORY", "TEMPLATE_CATEGORY", "FakeClerk", "Fault"]
@@ -115,7 +116,7 @@ class FakeClerk(LoopbackFake):
         self.frontend_api = frontend_api
         self.issuer = f"https://{frontend_api}"
         self.publishable_key = "pk_test_" + base64.b64encode(f"{frontend_api}$".encode()).decode()
-        self.secret_key = secret_key or f"sk_test_{secrets.token_urlsafe(30)}"
+        self.secret_key = issue(secret_key or f"sk_test_{secrets.token_urlsafe(30)}")
         self._lock = threading.Lock()
         self._keys = [_new_key()]
         self._templates: dict[str, _Template] = {}
@@ -202,7 +203,7 @@ class FakeClerk(LoopbackFake):
         with self._lock:
             self._sessions[sid] = {"user_id": user_id, "org": dict(org) if org else None}
         key = signing_key or self.private_key
-        return pyjwt.encode(payload, key, algorithm=algorithm, headers=head)
+        return issue(pyjwt.encode(payload, key, algorithm=algorithm, headers=head), jwt=True)
 
     def end_session(self, session_id: str) -> None:
         with self._lock:
@@ -278,8 +279,8 @@ class FakeClerk(LoopbackFake):
             }
         )
         if spec.algorithm == "HS256":
-            return encode_hs256(claims, spec.signing_key)
-        return pyjwt.encode(claims, spec.signing_key, algorithm=spec.algorithm)
+            return issue(encode_hs256(claims, spec.signing_key), jwt=True)
+        return issue(pyjwt.encode(claims, spec.signing_key, algorithm=spec.algorithm), jwt=True)
 
     # -- faults and calls ----------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from urllib.parse import parse_qsl
 
 from .._types import StartResponse, WSGIEnviron
 from ..core.jwt import encode_hs256
+from ._issued import issue
 from ._server import LoopbackFake
 
 __all__ = ["FakeTinybird", "PipeCall", "RowFilter", "TokenKind", "default_filter"]
@@ -119,7 +120,7 @@ class FakeTinybird(LoopbackFake):
         workspace_id: str | None = None,
         anonymous_token: str | None = None,
     ) -> None:
-        self.admin_token: str = admin_token or "p." + secrets.token_urlsafe(48)
+        self.admin_token: str = issue(admin_token or "p." + secrets.token_urlsafe(48))
         self.workspace_id: str = workspace_id or str(uuid.uuid4())
         self.anonymous_token: str | None = anonymous_token
         self._lock = threading.Lock()
@@ -174,7 +175,7 @@ class FakeTinybird(LoopbackFake):
             claims["nbf"] = nbf
         if rps is not None:
             claims["limits"] = {"rps": rps}
-        return encode_hs256(claims, self.admin_token)
+        return issue(encode_hs256(claims, self.admin_token), jwt=True)
 
     # -- recorded calls ------------------------------------------------------------------------
 
