@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 import weakref
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -39,6 +41,16 @@ def _no_answer(exc: Exception) -> HttpResponse:
     return HttpResponse(0, error=kind)
 
 
+UPSTREAM_SLOTS = 32  # upstream calls in flight per event loop; more wait (within budget)
+WAKE_BATCH = 8  # waiters of one shared JWKS fetch resumed per event-loop iteration
+
+
+@dataclass(frozen=True, slots=True)
+class _LoopIO:
+    client: httpx.AsyncClient
+    slots: asyncio.Semaphore
+
+
 def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("clerk-tinybird: JWKS refresh failed unexpectedly")
@@ -50,37 +62,55 @@ class AsyncEdge:
     Upstream calls are rare (cold paths only), so each event loop gets its own small
     ``httpx.AsyncClient`` without keep-alive: nothing is bound to a loop that may be gone
     (test clients often run each request on a new loop) and no socket outlives its call.
+    The TLS context (loading the CA bundle costs tens of milliseconds of CPU) is built once,
+    in a worker thread, and shared. At most ``UPSTREAM_SLOTS`` calls run at once per loop, so
+    a burst of cold tenants cannot fill every loop iteration with upstream work; waiting for a
+    slot counts against the call's own timeout.
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopIO] = (
             weakref.WeakKeyDictionary()
         )
+        self._tls: ssl.SSLContext | None = None
         self._key_task: asyncio.Task[None] | None = None
+        self._key_waiters = 0
 
-    def _client(self) -> httpx.AsyncClient:
+    def _new_client(self) -> httpx.AsyncClient:
+        """Runs in a worker thread: the first call imports httpx's transport and loads CAs."""
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return httpx.AsyncClient(
+            verify=self._tls,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            follow_redirects=False,
+        )
+
+    async def _io(self) -> _LoopIO:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = httpx.AsyncClient(
-                limits=httpx.Limits(max_keepalive_connections=0), follow_redirects=False
+        io = self._loops.get(loop)
+        if io is None:
+            client = await asyncio.to_thread(self._new_client)
+            io = self._loops.setdefault(loop, _LoopIO(client, asyncio.Semaphore(UPSTREAM_SLOTS)))
+            if io.client is not client:  # another request of this loop got there first
+                await client.aclose()
+        return io
+
+    async def _request(self, request: HttpRequest) -> httpx.Response:
+        io = await self._io()
+        async with io.slots:
+            return await io.client.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                content=request.body,
+                timeout=request.timeout,
             )
-            self._clients[loop] = client
-        return client
 
     async def _send(self, request: HttpRequest) -> HttpResponse:
         try:
-            response = await asyncio.wait_for(
-                self._client().request(
-                    request.method,
-                    request.url,
-                    headers=request.headers,
-                    content=request.body,
-                    timeout=request.timeout,
-                ),
-                request.timeout,
-            )
+            response = await asyncio.wait_for(self._request(request), request.timeout)
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             return _no_answer(exc)
         return _to_response(response)
@@ -112,7 +142,15 @@ class AsyncEdge:
             task = loop.create_task(self.drive(key_set.fetch_flow(op.reason)))
             task.add_done_callback(_retrieve)
             self._key_task = task
+            self._key_waiters = 0
+        position = self._key_waiters
+        self._key_waiters += 1
         await asyncio.shield(task)  # a client hanging up does not cancel the shared fetch
+        # Every waiter wakes in the same loop iteration and then verifies a signature and
+        # maybe starts a token fetch: resume them WAKE_BATCH per iteration instead, so other
+        # work on the loop is not held up behind a cold burst.
+        for _ in range(position // WAKE_BATCH):
+            await asyncio.sleep(0)
 
     async def authenticate(self, authorization: str | None, cookie: str | None) -> AuthResult:
         hit = self.engine.verifier.cached(authorization, cookie)
@@ -124,13 +162,10 @@ class AsyncEdge:
             return self.engine.verification_crashed()
 
     async def tinybird_token(self, auth: AuthResult) -> TokenOutcome:
-        plan = self.engine.token_plan(auth)
+        engine = self.engine
+        plan = engine.ready_outcome(auth)
         if isinstance(plan, TokenOutcome):
             return plan
-        engine = self.engine
-        token = engine.cache.get(plan)
-        if token is not None:
-            return TokenOutcome(token)
         session = auth.session
         assert session is not None
 
@@ -146,8 +181,8 @@ class AsyncEdge:
         return TokenOutcome(token) if token is not None else NO_TOKEN
 
     async def aclose(self) -> None:
-        for client in list(self._clients.values()):
-            await client.aclose()
+        for io in list(self._loops.values()):
+            await io.client.aclose()
 
 
 class SyncEdge:
@@ -212,13 +247,10 @@ class SyncEdge:
             return self.engine.verification_crashed()
 
     def tinybird_token(self, auth: AuthResult) -> TokenOutcome:
-        plan = self.engine.token_plan(auth)
+        engine = self.engine
+        plan = engine.ready_outcome(auth)
         if isinstance(plan, TokenOutcome):
             return plan
-        engine = self.engine
-        token = engine.cache.get(plan)
-        if token is not None:
-            return TokenOutcome(token)
         session: ClerkSession | None = auth.session
         assert session is not None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._edges import AsyncEdge
 from .cache import TokenCache
 from .core.tokens import TokenSource
-from .engine import NO_TOKEN, Engine
+from .engine import NO_TOKEN, Engine, TokenOutcome
 from .models import AuthResult
 from .settings import SettingOverrides, Settings
 
@@ -66,6 +66,8 @@ class ClerkTinybirdMiddleware:
         )
         self.edge = AsyncEdge(self.engine)
         self._require_auth = self.engine.settings.require_auth
+        self._cached = self.engine.verifier.cached
+        self._ready = self.engine.ready_outcome
 
     def __repr__(self) -> str:
         return f"ClerkTinybirdMiddleware(app={self.app!r}, engine={self.engine!r})"
@@ -78,9 +80,15 @@ class ClerkTinybirdMiddleware:
             await self.app(scope, receive, send)
             return
 
-        auth = await self.edge.authenticate(*_credentials(scope["headers"]))
+        authorization, cookie = _credentials(scope["headers"])
+        # The warm path stays synchronous: a memoized session and a token held in process.
+        auth = self._cached(authorization, cookie)
+        if auth is None:
+            auth = await self.edge.authenticate(authorization, cookie)
         rejected = self._require_auth and auth.session is None
-        outcome = NO_TOKEN if rejected else await self.edge.tinybird_token(auth)
+        outcome = NO_TOKEN if rejected else self._ready(auth)
+        if not isinstance(outcome, TokenOutcome):
+            outcome = await self.edge.tinybird_token(auth)
         state = scope.setdefault("state", {})
         state["clerk_auth"] = auth
         state["clerk_session"] = auth.session
@@ -98,10 +106,11 @@ class ClerkTinybirdMiddleware:
 
         merge = rule.merge
 
-        async def send_with_token(message: Message) -> None:
+        def send_with_token(message: Message) -> Awaitable[None]:
+            # A plain function handing back send's awaitable: no extra coroutine per message.
             if message["type"] == "http.response.start":
                 message["headers"] = merge(message.get("headers", ()), token)
-            await send(message)
+            return send(message)
 
         await self.app(scope, receive, send_with_token)
 

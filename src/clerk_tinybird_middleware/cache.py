@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Protocol
 
-from cachetools import LRUCache
+from cachetools import FIFOCache
 
 from .models import TinybirdToken
 
@@ -41,7 +41,7 @@ def fresh_until(token: TinybirdToken, margin: float) -> float:
 
 
 class MemoryTokenCache:
-    """An in-process LRU of tokens, each used only while fresh (until ``exp - margin``).
+    """An in-process cache of tokens, each used only while fresh (until ``exp - margin``).
 
     Thread-safe (WSGI servers call it from many threads) and event-loop-safe: concurrent
     misses for one key share one fetch, and a waiter that is cancelled (a client hanging up)
@@ -50,9 +50,10 @@ class MemoryTokenCache:
 
     def __init__(self, maxsize: int = 10_000) -> None:
         self.maxsize = maxsize
-        # (token, fresh until): freshness is checked on read, a stale entry is overwritten by
-        # the next fetch, and the LRU bound keeps the rest in check.
-        self._data: LRUCache[str, tuple[TinybirdToken, float]] = LRUCache(maxsize)
+        # (token, fresh until): freshness is checked on read and a stale entry is overwritten
+        # by the next fetch (which moves it to the back: FIFO evicts the longest-unrenewed).
+        # Reading a FIFOCache mutates nothing, so reads take no lock; writes do.
+        self._data: FIFOCache[str, tuple[TinybirdToken, float]] = FIFOCache(maxsize)
         self._lock = threading.Lock()
         self._tasks: dict[str, asyncio.Task[TinybirdToken]] = {}
         self._futures: dict[str, Future[TinybirdToken]] = {}
@@ -65,8 +66,7 @@ class MemoryTokenCache:
 
     def get(self, key: str) -> TinybirdToken | None:
         """The fresh token for ``key``, or None."""
-        with self._lock:
-            entry = self._data.get(key)
+        entry = self._data.get(key)
         if entry is None or entry[1] <= time.time():
             return None
         return entry[0]

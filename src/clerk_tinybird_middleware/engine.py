@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, AnyStr, Generic
+from typing import TYPE_CHECKING, Any, AnyStr, Generic, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -36,8 +35,9 @@ logger = logging.getLogger("clerk_tinybird_middleware")
 _NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)
 
 
-@dataclass(frozen=True, slots=True)
-class TokenOutcome:
+class TokenOutcome(NamedTuple):
+    """What a request gets: a token, or the reason it has none (and when to retry)."""
+
     token: TinybirdToken | None = None
     error: str | None = None
     retry_after: float | None = None
@@ -176,6 +176,15 @@ class Engine:
         if self.source is None:
             return TokenOutcome(error=TokenError.NOT_CONFIGURED)
         return cache_key(self.namespace, session)
+
+    def ready_outcome(self, auth: AuthResult) -> TokenOutcome | str:
+        """The outcome when no I/O is needed (signed out, no source, a fresh token held in
+        process); otherwise the cache key the edge must fetch for."""
+        plan = self.token_plan(auth)
+        if isinstance(plan, TokenOutcome):
+            return plan
+        token = self.cache.get(plan)
+        return plan if token is None else TokenOutcome(token)
 
     def fetch_flow(self, key: str, session: ClerkSession) -> Generator[Op, Any, TinybirdToken]:
         """The upstream fetch for one cache key, run once however many requests wait on it.

@@ -14,6 +14,7 @@ __all__ = [
     "session_from_claims",
     "shape_failure",
     "time_failure",
+    "time_window",
 ]
 
 SESSION_CATEGORY = "cl_B7d4PD111AAA"
@@ -83,6 +84,12 @@ def time_failure(claims: Mapping[str, Any], now: float, skew: float) -> str | No
     if iat is not None and iat > now + skew:
         return Reason.IAT_IN_FUTURE
     return None
+
+
+def time_window(claims: Mapping[str, Any], skew: float) -> tuple[float, float]:
+    """[from, until): the instants at which :func:`time_failure` passes for these claims."""
+    starts = [v for v in (claims.get("nbf"), claims.get("iat")) if v is not None]
+    return (max(starts) - skew if starts else float("-inf")), claims["exp"] + skew
 
 
 def shape_failure(claims: Mapping[str, Any]) -> str | None:

@@ -9,7 +9,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from ..models import AuthResult
-from .claims import SESSION_CATEGORY, Reason, session_from_claims, shape_failure, time_failure
+from .claims import (
+    SESSION_CATEGORY,
+    Reason,
+    session_from_claims,
+    shape_failure,
+    time_failure,
+    time_window,
+)
 from .io import Op, RefreshKeys
 from .jwt import RSA_HASHES, MalformedJWT, ParsedJWT, parse, verify_rsa
 from .keys import KeySet
@@ -58,7 +65,8 @@ class SessionVerifier:
         self.clock = clock
         # (Authorization, Cookie) → a signed-in result. Plain dict: single operations are
         # atomic, so WSGI threads share it unlocked. Only signed-in results are kept.
-        self._memo: dict[tuple[str | None, str | None], AuthResult] = {}
+        # Each entry carries the instants between which its time checks pass.
+        self._memo: dict[tuple[str | None, str | None], tuple[AuthResult, float, float]] = {}
 
     def cached(self, authorization: str | None, cookie: str | None) -> AuthResult | None:
         """The warm path: the same two headers as a request already verified, still in time.
@@ -67,12 +75,16 @@ class SessionVerifier:
         checks run again; ``None`` means "run :meth:`authenticate`".
         """
         key = (authorization, cookie)
-        hit = self._memo.get(key)
-        if hit is None:
+        entry = self._memo.get(key)
+        if entry is None:
             return None
+        hit, not_before, not_after = entry
+        now = self.clock()
+        if not_before <= now < not_after:
+            return hit
         assert hit.session is not None
-        reason = time_failure(hit.session.claims, self.clock(), self._skew)
-        if reason is None:
+        reason = time_failure(hit.session.claims, now, self._skew)
+        if reason is None:  # a hair at a bound: the full check is the rule
             return hit
         self._memo.pop(key, None)  # expired: verify from scratch (and fail) from now on
         return _out(reason)
@@ -100,7 +112,7 @@ class SessionVerifier:
             return _out(Reason.IAT_BEFORE_UAT)
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()  # crude but lock-free; entries are cheap to rebuild
-        self._memo[(authorization, cookie)] = result
+        self._memo[(authorization, cookie)] = (result, *time_window(session.claims, self._skew))
         return result
 
     def _verify(self, token: str, now: float) -> Generator[Op, Any, AuthResult]:
