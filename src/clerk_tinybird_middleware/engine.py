@@ -44,6 +44,7 @@ class TokenOutcome(NamedTuple):
 
 
 NO_TOKEN = TokenOutcome()
+_NOT_CONFIGURED = TokenOutcome(error=TokenError.NOT_CONFIGURED)
 _CRASHED = AuthResult.signed_out("token-invalid", "The session token could not be verified.")
 
 
@@ -136,6 +137,10 @@ class Engine:
             _anonymous_token(settings.anonymous_token) if settings.anonymous_token else None
         )
         self.exclude_paths = settings.exclude_paths
+        self._excluded = tuple((p, f"{p.rstrip('/')}/") for p in settings.exclude_paths)
+        self._signed_out_outcome = TokenOutcome(self.anonymous) if self.anonymous else NO_TOKEN
+        # id(session) → (session, cache key); holding the session keeps its id from reuse.
+        self._keys: dict[int, tuple[ClerkSession, str]] = {}
         header = settings.token_header
         self.bytes_headers = HeaderRule(header, _latin1) if header else None
         self.str_headers = HeaderRule(header, str) if header else None
@@ -156,10 +161,8 @@ class Engine:
         """OPTIONS (CORS preflights) and excluded paths pass through untouched."""
         if method == "OPTIONS":
             return True
-        for prefix in self.exclude_paths:
-            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
-                return True
-        return False
+        excluded = self._excluded
+        return bool(excluded) and any(p == path or path.startswith(b) for p, b in excluded)
 
     def verification_crashed(self) -> AuthResult:
         """A bug in verification must not become a 500: log it, treat the token as invalid."""
@@ -168,23 +171,28 @@ class Engine:
 
     # -- tokens ----------------------------------------------------------------------------
 
-    def token_plan(self, auth: AuthResult) -> TokenOutcome | str:
-        """A final outcome, or the cache key to fetch for."""
-        session = auth.session
-        if session is None:
-            return TokenOutcome(self.anonymous) if self.anonymous is not None else NO_TOKEN
-        if self.source is None:
-            return TokenOutcome(error=TokenError.NOT_CONFIGURED)
-        return cache_key(self.namespace, session)
-
     def ready_outcome(self, auth: AuthResult) -> TokenOutcome | str:
         """The outcome when no I/O is needed (signed out, no source, a fresh token held in
         process); otherwise the cache key the edge must fetch for."""
-        plan = self.token_plan(auth)
-        if isinstance(plan, TokenOutcome):
-            return plan
-        token = self.cache.get(plan)
-        return plan if token is None else TokenOutcome(token)
+        session = auth.session
+        if session is None:
+            return self._signed_out_outcome
+        if self.source is None:
+            return _NOT_CONFIGURED
+        key = self._key_of(session)
+        token = self.cache.get(key)
+        return key if token is None else TokenOutcome(token)
+
+    def _key_of(self, session: ClerkSession) -> str:
+        """The cache key of a session, memoized per (memoized) session object."""
+        known = self._keys.get(id(session))
+        if known is not None and known[0] is session:
+            return known[1]
+        key = cache_key(self.namespace, session)
+        if len(self._keys) >= 4096:
+            self._keys.clear()
+        self._keys[id(session)] = (session, key)
+        return key
 
     def fetch_flow(self, key: str, session: ClerkSession) -> Generator[Op, Any, TinybirdToken]:
         """The upstream fetch for one cache key, run once however many requests wait on it.
