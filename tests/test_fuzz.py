@@ -299,7 +299,7 @@ def world(leaks: LeakWatch) -> Iterator[World]:
         for version in (1, 2):
             extra: dict[str, Any] = {"act": {"sub": "user_admin"}} if i == 0 else {}
             token = clerk.session_token(
-                f"user_{i}", org=org, version=version, lifetime=3600, **extra
+                f"user_{i}", org=org, version=version, lifetime=3600, azp=AZP, **extra
             )
             valid[unb64json(token.split(".")[1])["sid"]] = token
             leaks.secret(token, "session token")
@@ -931,7 +931,7 @@ def test_odd_claim_types_are_not_crashes(
 
 def _case_token(world: World, case: str) -> str:
     clerk = world.clerk
-    token = clerk.session_token("user_t", lifetime=600)
+    token = clerk.session_token("user_t", lifetime=600, azp=AZP)
     head, body, _ = token.split(".")
     header = dict(unb64json(head))
     pem = clerk.public_key_pem.encode()
@@ -951,7 +951,7 @@ def _case_token(world: World, case: str) -> str:
     if case == "machine-subject-real-key":
         return clerk.session_token("mch_robot", header={"cat": None})
     if case == "no-sid-real-key":
-        return clerk.session_token("user_t", header={"cat": None}, sid=None)
+        return clerk.session_token("user_t", header={"cat": None}, sid=None, azp=AZP)
     raise AssertionError(case)
 
 

@@ -87,7 +87,8 @@ def session(fake_clerk: FakeClerk, n: int) -> dict[str, str]:
 
 def lock_key(app: ClerkTinybirdMiddleware, cache: RedisTokenCache, n: int) -> str:
     """The documented layout: prefix + "lock:" + sha256(cache key)."""
-    key = cache_key(app.engine.namespace, ClerkSession(f"user_{n}", "sess_any", f"org_{n}"))
+    session = ClerkSession(f"user_{n}", "sess_any", f"org_{n}", f"acme-{n}", "org:admin")
+    key = cache_key(app.engine.namespace, session)
     return f"{cache.prefix}lock:{hashlib.sha256(key.encode()).hexdigest()}"
 
 

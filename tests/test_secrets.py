@@ -284,7 +284,7 @@ class Kit:
     def session(
         self, user: str = "user_s", *, org: Mapping[str, Any] | None = ORG, **kw: Any
     ) -> str:
-        token = self.clerk.session_token(user, org=org, lifetime=300, **kw)
+        token = self.clerk.session_token(user, org=org, lifetime=300, **{"azp": AZP, **kw})
         self.watch.secret(token, "session token")
         return token
 

@@ -9,6 +9,7 @@ what to fetch, when to retry, what a response means — is made by the flows the
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import ssl
 import threading
@@ -186,24 +187,37 @@ class AsyncEdge:
 
 
 class SyncEdge:
-    """Drives flows with blocking calls, for WSGI threads; one pooled ``httpx.Client``."""
+    """Drives flows with blocking calls, for WSGI threads; one pooled ``httpx.Client``.
+
+    httpx's timeouts bound each connect and read, not a whole call (an upstream dripping one
+    byte at a time never trips them), so each call runs on a small worker pool and the
+    request thread waits at most the call's own timeout for it.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._client = httpx.Client(follow_redirects=False)
+        self._calls = concurrent.futures.ThreadPoolExecutor(
+            UPSTREAM_SLOTS, thread_name_prefix="clerk-tinybird"
+        )
         self._key_lock = threading.Lock()
         self._key_generation = 0
 
+    def _call(self, request: HttpRequest) -> httpx.Response:
+        return self._client.request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            content=request.body,
+            timeout=request.timeout,
+        )
+
     def _send(self, request: HttpRequest) -> HttpResponse:
+        call = self._calls.submit(self._call, request)
         try:
-            response = self._client.request(
-                request.method,
-                request.url,
-                headers=request.headers,
-                content=request.body,
-                timeout=request.timeout,
-            )
-        except (httpx.HTTPError, OSError) as exc:
+            response = call.result(timeout=request.timeout)
+        except (httpx.HTTPError, OSError, concurrent.futures.TimeoutError) as exc:
+            call.cancel()  # if still queued; a running call ends with its own read timeout
             return _no_answer(exc)
         return _to_response(response)
 
@@ -264,4 +278,5 @@ class SyncEdge:
         return TokenOutcome(token)
 
     def close(self) -> None:
+        self._calls.shutdown(wait=False, cancel_futures=True)
         self._client.close()

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from cachetools import FIFOCache
 
+from .core.tokens import TokenError
 from .models import TinybirdToken
 
 __all__ = ["MemoryTokenCache", "TokenCache"]
@@ -66,8 +67,11 @@ class MemoryTokenCache:
 
     def get(self, key: str) -> TinybirdToken | None:
         """The fresh token for ``key``, or None."""
-        entry = self._data.get(key)
-        if entry is None or entry[1] <= time.time():
+        try:
+            entry = self._data[key]  # one dict read: no lock, and no check-then-read race
+        except KeyError:
+            return None
+        if entry[1] <= time.time():
             return None
         return entry[0]
 
@@ -132,8 +136,12 @@ class MemoryTokenCache:
             self.set(key, token, margin)
             future.set_result(token)
             return token
-        except BaseException as exc:
+        except Exception as exc:
             future.set_exception(exc)
+            raise
+        except BaseException:
+            # SystemExit, a server's timeout…: this thread's own business, not the followers'.
+            future.set_exception(TokenError(TokenError.UNAVAILABLE, "the shared fetch was aborted"))
             raise
         finally:
             with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Generator, Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, AnyStr, Generic, NamedTuple
@@ -18,7 +19,14 @@ from .core import responses
 from .core.io import Op
 from .core.keys import KeySet
 from .core.locate import cookie_suffix, frontend_api_from_publishable_key
-from .core.tokens import Backoff, TokenError, TokenSource, cache_key, token_from_jwt
+from .core.tokens import (
+    Backoff,
+    TokenError,
+    TokenSource,
+    cache_key,
+    cache_variant,
+    token_from_jwt,
+)
 from .core.verify import SessionVerifier
 from .errors import ConfigurationError
 from .models import AuthResult, ClerkSession, TinybirdToken
@@ -139,6 +147,9 @@ class Engine:
         self.exclude_paths = settings.exclude_paths
         self._excluded = tuple((p, f"{p.rstrip('/')}/") for p in settings.exclude_paths)
         self._signed_out_outcome = TokenOutcome(self.anonymous) if self.anonymous else NO_TOKEN
+        self._anonymous_until = (
+            self.anonymous.expires_at.timestamp() if self.anonymous else float("inf")
+        )
         # id(session) → (session, cache key); holding the session keeps its id from reuse.
         self._keys: dict[int, tuple[ClerkSession, str]] = {}
         header = settings.token_header
@@ -176,11 +187,17 @@ class Engine:
         process); otherwise the cache key the edge must fetch for."""
         session = auth.session
         if session is None:
+            if self._anonymous_until <= time.time():
+                return NO_TOKEN  # an expired anonymous JWT is never handed out
             return self._signed_out_outcome
         if self.source is None:
             return _NOT_CONFIGURED
         key = self._key_of(session)
-        token = self.cache.get(key)
+        try:
+            token = self.cache.get(key)
+        except Exception:
+            logger.exception("clerk-tinybird: token cache read failed")
+            return key
         return key if token is None else TokenOutcome(token)
 
     def _key_of(self, session: ClerkSession) -> str:
@@ -188,7 +205,7 @@ class Engine:
         known = self._keys.get(id(session))
         if known is not None and known[0] is session:
             return known[1]
-        key = cache_key(self.namespace, session)
+        key = cache_key(self.namespace, session, cache_variant(self.source, session))
         if len(self._keys) >= 4096:
             self._keys.clear()
         self._keys[id(session)] = (session, key)
@@ -319,12 +336,17 @@ def error_response(auth: AuthResult) -> tuple[int, list[tuple[bytes, bytes]], by
 
 
 def _anonymous_token(value: str) -> TinybirdToken:
-    """The opt-in token for signed-out requests: a JWT (its exp is read) or an opaque token."""
-    if value.count(".") == 2:
-        try:
-            token = token_from_jwt(value, anonymous=True)
-        except TokenError:
-            pass
-        else:
-            return token
-    return TinybirdToken(jwt=value, expires_at=_NEVER, anonymous=True)
+    """The opt-in token for signed-out requests: a JWT (its exp is read and the tenant guard
+    applies: a null fixed param would open every tenant's rows) or an opaque token."""
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ConfigurationError("TINYBIRD_ANONYMOUS_TOKEN must be a Tinybird token")
+    if value.count(".") != 2:
+        return TinybirdToken(jwt=value, expires_at=_NEVER, anonymous=True)
+    try:
+        return token_from_jwt(value, anonymous=True)
+    except TokenError as error:
+        if error.code == TokenError.TENANT_MISSING:
+            raise ConfigurationError(
+                "TINYBIRD_ANONYMOUS_TOKEN pins a null or empty fixed param"
+            ) from None
+        return TinybirdToken(jwt=value, expires_at=_NEVER, anonymous=True)  # not a JWT after all

@@ -13,13 +13,20 @@ tests. Errors are ``HTTPException`` s whose ``detail`` carries the JSON bodies o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
 from .core import responses
+from .core.claims import Reason
 from .models import AuthResult, ClerkSession, TinybirdToken
+
+logger = logging.getLogger("clerk_tinybird_middleware")
+_NOT_AUTHENTICATED = AuthResult.signed_out(
+    Reason.TOKEN_MISSING, "The Clerk middleware did not authenticate this request."
+)
 
 __all__ = [
     "SessionDep",
@@ -34,14 +41,21 @@ __all__ = [
 
 
 def get_auth(request: Request) -> AuthResult:
-    """The request's :class:`AuthResult` (always set by the middleware)."""
+    """The request's :class:`AuthResult`, set by the middleware.
+
+    Where the middleware did not run (an excluded path, an OPTIONS request, or no middleware
+    at all), the request counts as signed out — guarded routes answer 401, never 500 — and a
+    warning says why.
+    """
     auth = getattr(request.state, "clerk_auth", None)
-    if not isinstance(auth, AuthResult):
-        raise RuntimeError(
-            "request.state.clerk_auth is not set: add ClerkTinybirdMiddleware to the app "
-            "(and do not use these dependencies on excluded paths)"
-        )
-    return auth
+    if isinstance(auth, AuthResult):
+        return auth
+    logger.warning(
+        "clerk-tinybird: request.state.clerk_auth is not set for %s: is ClerkTinybirdMiddleware "
+        "installed, and the path not excluded?",
+        request.url.path,
+    )
+    return _NOT_AUTHENTICATED
 
 
 def get_session(auth: Annotated[AuthResult, Depends(get_auth)]) -> ClerkSession | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -24,7 +25,7 @@ DEFAULT_NAME = "{{org.id||user.id}}"
 _DEFAULT_LIMITS: Mapping[str, int] = {"rps": 10}
 
 
-def _check_scopes(scopes: ScopeList, where: str) -> None:
+def _check_scopes(scopes: ScopeList, where: str, *, null_is_tenant_missing: bool = False) -> None:
     for scope in scopes:
         if not isinstance(scope, Mapping) or not isinstance(scope.get("resource"), str):
             raise ConfigurationError(f"{where}: every scope needs a string 'resource'")
@@ -36,6 +37,8 @@ def _check_scopes(scopes: ScopeList, where: str) -> None:
             raise ConfigurationError(f"{where}: 'fixed_params' must be an object")
         for value in fixed.values():
             if value is None:
+                if null_is_tenant_missing:  # a callable's answer for this session
+                    raise TokenError(TokenError.TENANT_MISSING, "a fixed param is null")
                 raise ConfigurationError(f"{where}: a fixed param is null (that pins no tenant)")
             if isinstance(value, str):
                 _validate(value, where)
@@ -46,6 +49,13 @@ def _validate(template: str, where: str) -> None:
         shortcodes.validate(template, where)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
+
+
+def _callable_identity(scopes: Callable[..., Any]) -> str:
+    """Stable across processes (for a shared Redis cache): where it is, and its code."""
+    code = getattr(scopes, "__code__", None)
+    body = hashlib.sha256(code.co_code).hexdigest()[:16] if code is not None else ""
+    return f"callable:{scopes.__module__}.{scopes.__qualname__}:{body}"
 
 
 class LocalTokenSource:
@@ -85,7 +95,8 @@ class LocalTokenSource:
         _validate(self.name, "token name")
         self.lifetime = lifetime
         self.limits = dict(limits) if limits else None
-        static = "callable:" + getattr(scopes, "__qualname__", "?") if callable(scopes) else scopes
+        static = _callable_identity(scopes) if callable(scopes) else scopes
+        self._uses_session_id = "session.id" in json.dumps([static, self.name])
         self._namespace = "local:" + short_hash(
             workspace_id,
             jwt_secret,
@@ -113,11 +124,18 @@ class LocalTokenSource:
     def cache_namespace(self, settings: Settings) -> str:
         return self._namespace
 
+    def cache_variant(self, session: ClerkSession) -> str:
+        """What a token depends on beyond (user, org, slug, role): the session id when a
+        template uses ``{{session.id}}``; for a scopes callable, its rendered output."""
+        if callable(self.scopes):
+            return short_hash(json.dumps(self.claims(session, now=0), sort_keys=True, default=str))
+        return session.session_id if self._uses_session_id else ""
+
     def claims(self, session: ClerkSession, now: float | None = None) -> dict[str, Any]:
         """The claims of a token for ``session``; raises TokenError(tenant-missing)."""
         scopes = self.scopes(session) if callable(self.scopes) else self.scopes
         if callable(self.scopes):
-            _check_scopes(scopes, "scopes callable")
+            _check_scopes(scopes, "scopes callable", null_is_tenant_missing=True)
         try:
             rendered = [shortcodes.render_value(dict(scope), session) for scope in scopes]
             name = shortcodes.render(self.name, session)

@@ -24,6 +24,7 @@ FRESH_FOR = 300.0  # a loaded key set is used without refetch for 5 minutes
 STALE_LIMIT = 3600.0  # after a failed refresh, keys are served until they are an hour old
 MISS_WINDOW = 30.0  # an unknown kid refetches at most once per window (first miss: at once)
 FAILURE_PAUSE = 30.0  # while serving stale keys, retry a failed refresh at most this often
+UNREACHABLE_PAUSE = 5.0  # with no keys, after Clerk did not answer at all, fail fast this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,27 +82,31 @@ class KeySet:
         self._failure = Reason.JWK_LOAD_FAILED
         self._miss_fetch_at: float | None = None
         self._fetching = False
+        self._unreachable_at: float | None = None
 
     def __repr__(self) -> str:
         return f"KeySet(url={self._url!r}, kids={sorted(self._keys)!r})"
 
     def lookup(self, kid: str, *, may_fetch: bool = True) -> Lookup:
         now = self.clock()
-        if self._loaded_at is None:
-            if may_fetch:
-                return Lookup(fetch="load")  # the driver joins a load already in flight
+        loaded = self._loaded_at
+        if loaded is None or now - loaded >= STALE_LIMIT:  # no keys to serve
+            # A load in flight is joined (the driver shares it); after an unreachable Clerk,
+            # requests fail fast for a few seconds instead of each waiting out the budget.
+            if may_fetch and (self._fetching or not self._unreachable_recently(now)):
+                return Lookup(fetch="load" if loaded is None else "stale")
             return Lookup(failure=self._failure)
-        age = now - self._loaded_at
-        if age >= FRESH_FOR and may_fetch and (age >= STALE_LIMIT or self._may_retry(now)):
+        if now - loaded >= FRESH_FOR and may_fetch and (self._fetching or self._may_retry(now)):
             return Lookup(fetch="stale")
-        if age >= STALE_LIMIT:
-            return Lookup(failure=self._failure)
         key = self._keys.get(kid)
         if key is not None:
             return Lookup(key=key)
         if may_fetch and (self._fetching or self.may_refetch_for_kid()):
             return Lookup(fetch="kid")  # while a fetch is in flight, join it (rotation)
         return Lookup(failure=Reason.KID_MISMATCH)
+
+    def _unreachable_recently(self, now: float) -> bool:
+        return self._unreachable_at is not None and now - self._unreachable_at < UNREACHABLE_PAUSE
 
     def _may_retry(self, now: float) -> bool:
         return self._failed_at is None or now - self._failed_at >= FAILURE_PAUSE
@@ -119,7 +124,10 @@ class KeySet:
             response: HttpResponse = yield from request_with_retries(self._request, self._retry)
         finally:
             self._fetching = False
-        if response.status in (401, 403):
+        if response.status == 0:
+            self._unreachable_at = self.clock()
+            self.failed(Reason.JWK_LOAD_FAILED)
+        elif response.status in (401, 403):
             self.failed(Reason.SECRET_KEY_INVALID)
         elif response.status != 200:
             self.failed(Reason.JWK_LOAD_FAILED)
@@ -137,6 +145,7 @@ class KeySet:
         self._keys = keys
         self._loaded_at = self.clock()
         self._failed_at = None
+        self._unreachable_at = None
         if reset_miss_window:
             self._miss_fetch_at = None
 

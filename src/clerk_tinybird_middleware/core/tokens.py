@@ -55,16 +55,31 @@ class TokenSource(Protocol):
     ) -> Generator[Op, Any, TinybirdToken]: ...
 
 
+def cache_variant(source: object, session: ClerkSession) -> str:
+    """A source may say what else its token depends on (``cache_variant(session) -> str``)."""
+    variant = getattr(source, "cache_variant", None)
+    if variant is None:
+        return ""
+    try:
+        return str(variant(session))
+    except Exception:
+        return "!"
+
+
 def short_hash(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
-def cache_key(namespace: str, session: ClerkSession) -> str:
-    """(source, user, org) — plus the session when someone is impersonating the user."""
+def cache_key(namespace: str, session: ClerkSession, variant: str = "") -> str:
+    """(source, user, org) — with the org's slug and the user's role in it (a token may pin
+    either, and a demoted admin must not keep an admin's token), the session when someone is
+    impersonating the user, and whatever else the source says its token depends on."""
+    parts = (session.user_id, session.org_id or "", session.org_slug or "", session.org_role or "")
     # Length-prefixed, so no choice of ids can make two tenants' keys collide.
-    user, org = session.user_id, session.org_id or ""
-    key = f"{namespace}|{len(user)}:{user}|{len(org)}:{org}"
-    return key if session.actor is None else f"{key}|{session.session_id}"
+    key = namespace + "".join(f"|{len(part)}:{part}" for part in parts)
+    if session.actor is not None:
+        key += f"|act:{session.session_id}"
+    return f"{key}|{variant}" if variant else key
 
 
 def _empty(value: Any) -> bool:

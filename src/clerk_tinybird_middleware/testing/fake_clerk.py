@@ -162,7 +162,7 @@ class FakeClerk(LoopbackFake):
         *,
         org: Mapping[str, Any] | None = None,
         version: int = 2,
-        azp: str | None = "http://localhost:3000",
+        azp: str | None = None,
         lifetime: int = 60,
         session_id: str | None = None,
         header: Mapping[str, Any] | None = None,
