@@ -67,13 +67,9 @@ class ClerkTinybirdWSGIMiddleware:
 
     For Flask, :class:`clerk_tinybird_middleware.flask.ClerkTinybird` does this and more.
 
-    :param wsgi_app: the WSGI application to wrap.
-    :param settings: a :class:`Settings`; default ``Settings.from_env()``.
-    :param token_source: where Tinybird tokens come from; default per the settings
-        (local minting, else the Clerk JWT template, else none).
-    :param token_cache: default :class:`MemoryTokenCache`, or Redis when ``redis_url`` is set.
-    :param setting_overrides: single :class:`Settings` fields, e.g. ``require_auth=True``.
-    :raises ConfigurationError: at construction, for a bad or missing setting.
+    :param wsgi_app: the WSGI application to wrap. The other parameters, and the
+        ``ConfigurationError`` raised at construction, are those of
+        :class:`~clerk_tinybird_middleware.ClerkTinybirdMiddleware`.
     """
 
     def __init__(
