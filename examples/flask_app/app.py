@@ -128,7 +128,8 @@ def create_app(
     @require_session
     def me() -> dict[str, Any]:
         """Signed-in users only (401 otherwise)."""
-        return _session_json(g.clerk_session)
+        session: ClerkSession = g.clerk_session
+        return session.as_dict()
 
     @app.get("/api/org")
     @require_org(role="admin")
@@ -152,18 +153,6 @@ def create_app(
         return {"rows": body.get("rows"), "data": body.get("data")}, 200
 
     return app
-
-
-def _session_json(session: ClerkSession) -> dict[str, Any]:
-    return {
-        "user_id": session.user_id,
-        "session_id": session.session_id,
-        "org_id": session.org_id,
-        "org_slug": session.org_slug,
-        "org_role": session.org_role,
-        "org_permissions": list(session.org_permissions),
-        "impersonated": session.actor is not None,
-    }
 
 
 def _script_json(value: dict[str, Any]) -> str:

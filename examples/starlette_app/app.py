@@ -127,7 +127,7 @@ def create_app(
     @app.get("/api/me")
     async def me(session: SessionDep) -> dict[str, Any]:
         """Signed-in users only (401 otherwise)."""
-        return _session_json(session)
+        return session.as_dict()
 
     @app.get("/api/org")
     async def org(
@@ -151,18 +151,6 @@ def create_app(
         return {"rows": body.get("rows"), "data": body.get("data")}
 
     return app
-
-
-def _session_json(session: ClerkSession) -> dict[str, Any]:
-    return {
-        "user_id": session.user_id,
-        "session_id": session.session_id,
-        "org_id": session.org_id,
-        "org_slug": session.org_slug,
-        "org_role": session.org_role,
-        "org_permissions": list(session.org_permissions),
-        "impersonated": session.actor is not None,
-    }
 
 
 def _script_json(value: dict[str, Any]) -> str:

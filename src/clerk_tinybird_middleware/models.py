@@ -28,6 +28,18 @@ class ClerkSession:
     actor: Mapping[str, Any] | None = None
     claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The session as plain JSON-able data, for an API response (no raw claims)."""
+        return {
+            "user_id": self.user_id,
+            "session_id": self.session_id,
+            "org_id": self.org_id,
+            "org_slug": self.org_slug,
+            "org_role": self.org_role,
+            "org_permissions": list(self.org_permissions),
+            "impersonated": self.actor is not None,
+        }
+
     def has(self, *, role: str | None = None, permission: str | None = None) -> bool:
         """True when the session's active org grants ``role`` and ``permission`` (both if given).
 
