@@ -366,3 +366,14 @@ async def test_org_claims_normalized(
     assert body["org"] == (org["id"] if org else None)
     assert body["org_role"] == role
     assert sorted(body["permissions"]) == sorted(permissions)
+
+
+async def test_a_known_token_stays_warm_when_other_cookies_change(fake_clerk: FakeClerk) -> None:
+    mw_app = state_app(jwt_key=fake_clerk.public_key_pem)
+    token = fake_clerk.session_token("user_1")
+    async with client(mw_app) as http:
+        bodies = [
+            (await http.get("/", headers={"cookie": f"seen={i}; __session={token}"})).json()
+            for i in range(5)
+        ]
+    assert {b["status"] for b in bodies} == {"signed-in"}

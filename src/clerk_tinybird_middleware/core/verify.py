@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from collections.abc import Callable, Generator, Hashable, Mapping
+from typing import Any, Generic, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
@@ -63,31 +63,17 @@ class SessionVerifier:
         self._skew = clock_skew
         self._cookie_names = cookie_names
         self.clock = clock
-        # (Authorization, Cookie) → a signed-in result. Plain dict: single operations are
-        # atomic, so WSGI threads share it unlocked. Only signed-in results are kept.
-        # Each entry carries the instants between which its time checks pass.
-        self._memo: dict[tuple[str | None, str | None], tuple[AuthResult, float, float]] = {}
+        # Signed-in results by their exact (Authorization, Cookie) headers, and by token.
+        self._by_headers: _Memo[tuple[str | None, str | None]] = _Memo(clock_skew)
+        self._by_token: _Memo[str] = _Memo(clock_skew)
 
     def cached(self, authorization: str | None, cookie: str | None) -> AuthResult | None:
-        """The warm path: the same two headers as a request already verified, still in time.
+        """The warm path: the same two headers as a request already verified.
 
         Everything about a token is fixed by its exact string except time, so only the time
         checks run again; ``None`` means "run :meth:`authenticate`".
         """
-        key = (authorization, cookie)
-        entry = self._memo.get(key)
-        if entry is None:
-            return None
-        hit, not_before, not_after = entry
-        now = self.clock()
-        if not_before <= now < not_after:
-            return hit
-        assert hit.session is not None
-        reason = time_failure(hit.session.claims, now, self._skew)
-        if reason is None:  # a hair at a bound: the full check is the rule
-            return hit
-        self._memo.pop(key, None)  # expired: verify from scratch (and fail) from now on
-        return _out(reason)
+        return self._by_headers.get((authorization, cookie), self.clock())
 
     def authenticate(
         self, authorization: str | None, cookie: str | None
@@ -104,15 +90,19 @@ class SessionVerifier:
                 return early
         if not token:
             return _MISSING
-        result = yield from self._verify(token, self.clock())
+        now = self.clock()
+        # A token seen before with other cookies around it (they change; it does not).
+        result = self._by_token.get(token, now)
+        if result is None:
+            result = yield from self._verify(token, now)
+            if result.session is not None:
+                self._by_token.put(token, result)
         session = result.session
         if session is None:
             return result
         if located.client_uat and session.claims.get("iat", 0) < located.client_uat:
             return _out(Reason.IAT_BEFORE_UAT)
-        if len(self._memo) >= _MEMO_SIZE:
-            self._memo.clear()  # crude but lock-free; entries are cheap to rebuild
-        self._memo[(authorization, cookie)] = (result, *time_window(session.claims, self._skew))
+        self._by_headers.put((authorization, cookie), result)
         return result
 
     def _verify(self, token: str, now: float) -> Generator[Op, Any, AuthResult]:
@@ -190,6 +180,39 @@ class SessionVerifier:
         if not isinstance(sid, str) or not sid:
             return Reason.TYPE_MISMATCH
         return None
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class _Memo(Generic[K]):
+    """Signed-in results until their tokens' time checks fail. A plain dict: single
+    operations are atomic, so WSGI threads share it unlocked; bounded by clearing."""
+
+    def __init__(self, skew: float) -> None:
+        self._skew = skew
+        self._entries: dict[K, tuple[AuthResult, float, float]] = {}
+
+    def get(self, key: K, now: float) -> AuthResult | None:
+        """The result, a signed-out one if its time checks fail now, or None (not seen)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        result, not_before, not_after = entry
+        if not_before <= now < not_after:
+            return result
+        assert result.session is not None
+        reason = time_failure(result.session.claims, now, self._skew)
+        if reason is None:  # a hair at a bound: the full check is the rule
+            return result
+        self._entries.pop(key, None)  # verify from scratch (and fail) from now on
+        return _out(reason)
+
+    def put(self, key: K, result: AuthResult) -> None:
+        assert result.session is not None
+        if len(self._entries) >= _MEMO_SIZE:
+            self._entries.clear()  # crude but lock-free; entries are cheap to rebuild
+        self._entries[key] = (result, *time_window(result.session.claims, self._skew))
 
 
 def _client_uat_failure(located: Located) -> AuthResult | None:
