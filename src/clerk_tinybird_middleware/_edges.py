@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import httpx
 
 from .core.io import HttpRequest, HttpResponse, RefreshKeys, Sleep
-from .engine import NO_TOKEN, Engine, TokenOutcome
+from .engine import Engine, TokenOutcome
 from .models import AuthResult, ClerkSession, TinybirdToken
 
 __all__ = ["AsyncEdge", "SyncEdge"]
@@ -178,8 +178,8 @@ class AsyncEdge:
                 plan, fetch, engine.settings.refresh_margin_seconds
             )
         except Exception as exc:
-            return engine.failed(plan, exc)
-        return TokenOutcome(token) if token is not None else NO_TOKEN
+            return engine.failed(exc)
+        return TokenOutcome(token)
 
     async def aclose(self) -> None:
         for io in list(self._loops.values()):
@@ -274,7 +274,7 @@ class SyncEdge:
         try:
             token = engine.cache.get_or_fetch(plan, fetch, engine.settings.refresh_margin_seconds)
         except Exception as exc:
-            return engine.failed(plan, exc)
+            return engine.failed(exc)
         return TokenOutcome(token)
 
     def close(self) -> None:

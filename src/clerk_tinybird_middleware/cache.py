@@ -82,10 +82,6 @@ class MemoryTokenCache:
         with self._lock:
             self._data[key] = (token, until)
 
-    def delete(self, key: str) -> None:
-        with self._lock:
-            self._data.pop(key, None)
-
     def clear(self) -> None:
         with self._lock:
             self._data.clear()

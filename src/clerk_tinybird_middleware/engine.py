@@ -144,7 +144,6 @@ class Engine:
         self.anonymous = (
             _anonymous_token(settings.anonymous_token) if settings.anonymous_token else None
         )
-        self.exclude_paths = settings.exclude_paths
         self._excluded = tuple((p, f"{p.rstrip('/')}/") for p in settings.exclude_paths)
         self._signed_out_outcome = TokenOutcome(self.anonymous) if self.anonymous else NO_TOKEN
         self._anonymous_until = (
@@ -234,7 +233,7 @@ class Engine:
                 )
             raise
 
-    def failed(self, key: str, error: BaseException) -> TokenOutcome:
+    def failed(self, error: BaseException) -> TokenOutcome:
         """Turn any failure into an outcome; never let it become a 500."""
         if isinstance(error, TokenError):
             if error.code not in (TokenError.RATE_LIMITED, TokenError.TENANT_MISSING):
