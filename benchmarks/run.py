@@ -367,7 +367,7 @@ def _close_edges(apps: Iterable[Any]) -> Iterator[Awaitable[None]]:
     for app in apps:
         found = _find(app, ClerkTinybirdMiddleware)
         if found is not None:
-            yield found.edge.aclose()
+            yield found.aclose()
 
 
 @dataclass
@@ -623,7 +623,7 @@ async def cold_burst(slow: SlowClerk, bare: Starlette) -> BurstResult:
     finally:
         done.set()
         await tick
-        await app.edge.aclose()
+        await app.aclose()
     calls = slow.calls()
     return BurstResult(
         worst / 1e6, wall / 1e6, sum(got), calls.get("jwks", 0), calls.get("template", 0)
@@ -665,7 +665,7 @@ async def template_calls(clerk: Clerk, plan: Plan) -> tuple[int, int, int]:
         for i in range(0, len(picks), 100):
             got += sum(await asyncio.gather(*(one(t) for t in picks[i : i + 100])))
     finally:
-        await app.edge.aclose()
+        await app.aclose()
     return clerk.fake.calls["template"], got, len(picks)
 
 

@@ -35,7 +35,8 @@ ROUTING = [
     ("GET", "/health/live", False),
     ("GET", "/healthz", True),
     ("GET", "/api/x", True),
-    ("OPTIONS", "/api/x", False),
+    ("OPTIONS", "/api/x", True),  # not a CORS preflight: authenticated like GET (SPEC §12)
+    ("PREFLIGHT", "/api/x", False),
     ("GET", "/static/app.js", False),
 ]
 
@@ -51,8 +52,12 @@ async def test_exclusions_and_options_pass_untouched(
     app = state_app(
         **settings(fake_clerk, exclude_paths=("/health", "/static/"), require_auth=True)
     )
+    preflight = {"origin": "https://app.example", "access-control-request-method": "GET"}
     async with client(app) as http:
-        response = await http.request(method, path)
+        if method == "PREFLIGHT":
+            response = await http.request("OPTIONS", path, headers=preflight)
+        else:
+            response = await http.request(method, path)
     if authenticated:
         assert response.status_code == 401
     else:

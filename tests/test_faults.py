@@ -39,7 +39,7 @@ from clerk_tinybird_middleware import (
     Settings,
 )
 from clerk_tinybird_middleware.core.claims import Reason
-from clerk_tinybird_middleware.core.io import RetryPolicy
+from clerk_tinybird_middleware.core.ops import RetryPolicy
 from clerk_tinybird_middleware.core.tokens import TokenError
 from clerk_tinybird_middleware.testing import FakeClerk
 from conftest import RedisServer, free_port
@@ -298,7 +298,7 @@ async def run_fault(
         fault.outcomes = await blast(mw, plan, watch, hooks=hooks, concurrency=concurrency)
     finally:
         fault.leftover = len(await settled(before))
-        await mw.edge.aclose()
+        await mw.aclose()
     watch.text("middleware repr", mw)
     if clerk is not None:
         fault.upstream = f"Clerk calls: {dict(sorted(clerk.calls.items()))}"
@@ -506,7 +506,7 @@ async def test_clients_hang_up_mid_fetch(
     # Every key was filled by the fetch the cancelled waiters shared: no new upstream call.
     again = await blast(mw, tenants.plan(PAIRS, tag="again"), leaks)
     fault.leftover = len(await settled(before))
-    await mw.edge.aclose()
+    await mw.aclose()
     fault.upstream = (
         f"template calls: {fetched} for {PAIRS} keys, then {fake_clerk.calls['template'] - fetched}"
     )

@@ -176,14 +176,17 @@ def test_g_for_a_signed_out_request(client: FlaskClient) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [("OPTIONS", "/state"), ("GET", "/health/state")],
-    ids=["options", "excluded"],
+    ids=["preflight", "excluded"],
 )
 def test_options_and_excluded_paths_leave_g_none(
     fake_clerk: FakeClerk, make_app: MakeApp, method: str, path: str
 ) -> None:
     app = make_app({"CLERK_TINYBIRD_EXCLUDE_PATHS": "/health", "CLERK_TINYBIRD_REQUIRE_AUTH": "1"})
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
     response = app.test_client().open(
-        path, method=method, headers=_auth_headers(_tokens(fake_clerk)["admin"])
+        path,
+        method=method,
+        headers={**_auth_headers(_tokens(fake_clerk)["admin"]), **preflight},
     )
     assert response.status_code == 200
     body = response.get_json()

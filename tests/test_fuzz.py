@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import string
 import time
 from collections import Counter
@@ -826,41 +827,56 @@ def signed_tokens(draw: st.DrawFn, world: World) -> tuple[dict[str, Any], dict[s
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number JavaScript also calls finite."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+SESSION_CATEGORIES = {SESSION_CATEGORY, "cl_I7d4PD111III"}
 
 
 def expected_reason(
     world: World, header: Mapping[str, Any], claims: Mapping[str, Any], client_uat: int | None
 ) -> str | None:
-    """SPEC §4's checks, in its order, written independently of the package."""
+    """SPEC §4 with §8's corrections, in @clerk/backend's order, written independently of
+    the package: token kind, typ, (alg, key, signature: valid here), sub, azp, iss, then
+    exp/nbf/iat (whole seconds, each type-checked in turn), sts, sid, client_uat."""
     now = time.time()
     sub = claims.get("sub")
-    if "typ" in header and header["typ"] != "JWT":
-        return Reason.TOKEN_INVALID
-    if "cat" in header and header["cat"] != SESSION_CATEGORY:
+    if "cat" in header and not any(header["cat"] == cat for cat in SESSION_CATEGORIES):
+        return Reason.TYPE_MISMATCH
+    if any(header.get("typ") == typ for typ in ("at+jwt", "application/at+jwt")):
         return Reason.TYPE_MISMATCH
     if isinstance(sub, str) and sub.startswith("mch_"):
         return Reason.TYPE_MISMATCH
-    if not isinstance(sub, str) or not sub or not _number(claims.get("exp")):
+    if "typ" in header and header["typ"] != "JWT":
         return Reason.TOKEN_INVALID
-    if any(name in claims and not _number(claims[name]) for name in ("nbf", "iat")):
+    if not isinstance(sub, str) or not sub:
         return Reason.TOKEN_INVALID
-    if claims["exp"] <= now - SKEW:
-        return Reason.EXPIRED
-    if "nbf" in claims and claims["nbf"] > now + SKEW:
-        return Reason.NOT_ACTIVE_YET
-    if "iat" in claims and claims["iat"] > now + SKEW:
-        return Reason.IAT_IN_FUTURE
     if claims.get("azp") != AZP:
         return Reason.INVALID_AZP
     if claims.get("iss") != world.clerk.issuer:
         return Reason.INVALID_ISSUER
+    if not _number(claims.get("exp")):
+        return Reason.TOKEN_INVALID
+    if math.trunc(claims["exp"]) <= now - SKEW:
+        return Reason.EXPIRED
+    for name, reason in (("nbf", Reason.NOT_ACTIVE_YET), ("iat", Reason.IAT_IN_FUTURE)):
+        if name in claims:
+            if not _number(claims[name]):
+                return Reason.TOKEN_INVALID
+            if math.trunc(claims[name]) > now + SKEW:
+                return reason
     if claims.get("sts") == "pending":
         return Reason.SESSION_PENDING
     if not isinstance(claims.get("sid"), str) or not claims["sid"]:
         return Reason.TYPE_MISMATCH
-    if client_uat and claims.get("iat", 0) < client_uat:
-        return Reason.IAT_BEFORE_UAT
+    if client_uat and _number(claims.get("iat")) and claims["iat"] < client_uat:
+        return Reason.IAT_BEFORE_UAT  # a token without iat has nothing to compare (as Clerk)
     return None
 
 
@@ -1002,7 +1018,7 @@ def jwks_world(world: World) -> Iterator[JwksWorld]:
                 time.monotonic(),
             )
         finally:
-            world.loop.run_until_complete(asgi.edge.aclose())
+            world.loop.run_until_complete(asgi.aclose())
             wsgi.close()
 
 

@@ -176,7 +176,7 @@ async def test_in_process_cache(
     clerk.reset_calls()
     started = time.monotonic()
     tally = await hammer([mw], pairs, leaks)
-    await mw.edge.aclose()
+    await mw.aclose()
     upstream = f"template calls {clerk.calls['template']}, JWKS calls {clerk.calls['jwks']}"
     summary(request.config).add(
         TITLE, tally.line("in-process cache", upstream, time.monotonic() - started)
@@ -208,7 +208,7 @@ async def test_redis_cache_shared_by_two_instances(
         tally = await hammer(apps, pairs, leaks, seed=11)
     finally:
         for app in apps:
-            await app.edge.aclose()
+            await app.aclose()
         for cache in caches:
             cache.close()
     upstream = f"template calls {clerk.calls['template']}, JWKS calls {clerk.calls['jwks']}"
@@ -278,7 +278,7 @@ async def test_org_switch_with_a_stale_session_token(clerk: FakeClerk, leaks: Le
         _, current_fixed = await _get(mw, token_b)
         again, again_fixed = await _get(mw, token_a)
     finally:
-        await mw.edge.aclose()
+        await mw.aclose()
     assert stale["org"] == again["org"] == "switch-a"
     assert (stale_fixed, again_fixed) == (None, None)  # refused, and nothing was cached
     assert stale["error"] == again["error"] == "tenant-missing"

@@ -7,12 +7,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
 
-from clerk_tinybird_middleware import ClerkTinybirdMiddleware
+from clerk_tinybird_middleware import Settings
 from clerk_tinybird_middleware.core import keys as keys_module
+from clerk_tinybird_middleware.core.memo import Verified
+from clerk_tinybird_middleware.engine import Engine
 from clerk_tinybird_middleware.testing import FakeClerk
+from flows import FakeClock, Stepper, loopback, no_answer
 from support import bearer, client, state_app
 
 
@@ -100,48 +101,51 @@ async def test_forged_signatures_cannot_hammer_clerk(fake_clerk: FakeClerk) -> N
     assert fake_clerk.calls["jwks"] == 2  # one refetch for the rotation check, then none
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def _ok(_: Any) -> PlainTextResponse:
-    return PlainTextResponse("ok")
-
-
-def middleware(fake: FakeClerk) -> tuple[ClerkTinybirdMiddleware, Clock]:
-    mw = ClerkTinybirdMiddleware(
-        Starlette(routes=[Route("/", _ok)]), secret_key=fake.secret_key, clerk_api_url=fake.api_url
+def test_keys_refresh_after_ttl_and_stale_keys_survive_outage(fake_clerk: FakeClerk) -> None:
+    clock = FakeClock()
+    engine = Engine(
+        Settings(secret_key=fake_clerk.secret_key, clerk_api_url=fake_clerk.api_url), clock=clock
     )
-    clock = Clock()
-    assert mw.engine.key_set is not None
-    mw.engine.key_set.clock = clock
-    return mw, clock
+    stepper = Stepper(clock, http=loopback())
 
+    def verify() -> Verified | str:  # a new token each time: verified tokens are memoized
+        token = fake_clerk.session_token("u", lifetime=int(10 * keys_module.STALE_LIMIT))
+        return stepper.run(engine.verifier.verify(token))
 
-async def test_keys_refresh_after_ttl_and_stale_keys_survive_outage(fake_clerk: FakeClerk) -> None:
-    mw, clock = middleware(fake_clerk)
-    authenticate = mw.edge.authenticate
-
-    def header() -> str:  # a new token each time: verified tokens are memoized
-        return f"Bearer {fake_clerk.session_token('u')}"
-
-    assert (await authenticate(header(), None)).is_signed_in
-    clock.now += keys_module.FRESH_FOR - 1
-    assert (await authenticate(header(), None)).is_signed_in
+    assert isinstance(verify(), Verified)
+    clock.advance(keys_module.FRESH_FOR - 1)
+    assert isinstance(verify(), Verified)
     assert fake_clerk.calls["jwks"] == 1
-    clock.now += 2  # past 5 minutes: refresh
-    assert (await authenticate(header(), None)).is_signed_in
+    clock.advance(2)  # past 5 minutes: refresh
+    assert isinstance(verify(), Verified)
     assert fake_clerk.calls["jwks"] == 2
     fake_clerk.inject("jwks", status=500)
-    clock.now += keys_module.FRESH_FOR + 1  # refresh fails: the last good keys still serve
-    assert (await authenticate(header(), None)).is_signed_in
-    clock.now += keys_module.STALE_LIMIT  # an hour old: no longer trusted
-    result = await authenticate(header(), None)
-    assert result.reason == "jwk-remote-failed-to-load"
+    clock.advance(keys_module.FRESH_FOR + 1)  # refresh fails: the last good keys still serve
+    assert isinstance(verify(), Verified)
+    assert fake_clerk.calls["jwks"] == 5  # three attempts, no real sleep between them
+    assert stepper.sleeps == [0.05, 0.2]
+    clock.advance(keys_module.STALE_LIMIT)  # an hour old: no longer trusted
+    assert verify() == "jwk-remote-failed-to-load"
+
+
+def test_an_unreachable_clerk_costs_one_budget_then_fails_fast(fake_clerk: FakeClerk) -> None:
+    clock = FakeClock()
+    engine = Engine(
+        Settings(secret_key=fake_clerk.secret_key, clerk_api_url="http://x"), clock=clock
+    )
+    stepper = Stepper(clock, http=no_answer(clock))
+    started = clock.monotonic()
+    token = fake_clerk.session_token("u")
+    assert stepper.run(engine.verifier.verify(token)) == "jwk-remote-failed-to-load"
+    assert clock.monotonic() - started <= 3.0  # the whole retry budget, never more
+    calls = len(stepper.requests)
+    assert 1 <= calls <= 3
+    clock.advance(keys_module.UNREACHABLE_PAUSE - 1)
+    assert stepper.run(engine.verifier.verify(token)) == "jwk-remote-failed-to-load"
+    assert len(stepper.requests) == calls  # failing fast, no new call
+    clock.advance(2)
+    stepper.run(engine.verifier.verify(token))
+    assert len(stepper.requests) > calls  # tried again
 
 
 async def test_pem_key_never_fetches(fake_clerk: FakeClerk) -> None:

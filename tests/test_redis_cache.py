@@ -30,9 +30,8 @@ from clerk_tinybird_middleware import (
     ClerkTinybirdWSGIMiddleware,
     ConfigurationError,
     RedisTokenCache,
-    TinybirdToken,
 )
-from clerk_tinybird_middleware.core.tokens import cache_key, token_from_jwt
+from clerk_tinybird_middleware.core.tokens import cache_key
 from clerk_tinybird_middleware.testing import FakeClerk
 from conftest import RedisServer, free_port
 
@@ -85,11 +84,29 @@ def session(fake_clerk: FakeClerk, n: int) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-def lock_key(app: ClerkTinybirdMiddleware, cache: RedisTokenCache, n: int) -> str:
-    """The documented layout: prefix + "lock:" + sha256(cache key)."""
+def redis_keys(app: ClerkTinybirdMiddleware, cache: RedisTokenCache, n: int) -> tuple[str, str]:
+    """The documented layout: prefix + "{" + sha256(cache key)[:32] + "}:tok" / ":lock"."""
     session = ClerkSession(f"user_{n}", "sess_any", f"org_{n}", f"acme-{n}", "org:admin")
-    key = cache_key(app.engine.namespace, session)
-    return f"{cache.prefix}lock:{hashlib.sha256(key.encode()).hexdigest()}"
+    assert app.engine.broker is not None
+    digest = hashlib.sha256(cache_key(app.engine.broker.namespace, session).encode()).hexdigest()
+    value_key, lock = cache.keys(cache_key(app.engine.broker.namespace, session))
+    assert (value_key, lock) == (
+        f"{cache.prefix}{{{digest[:32]}}}:tok",
+        f"{cache.prefix}{{{digest[:32]}}}:lock",
+    )
+    return value_key, lock
+
+
+def lock_key(app: ClerkTinybirdMiddleware, cache: RedisTokenCache, n: int) -> str:
+    return redis_keys(app, cache, n)[1]
+
+
+def stored_value(raw: bytes | str) -> dict[str, Any]:
+    """A stored value: ``<hmac>.<json>``."""
+    mac, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b".")
+    assert len(mac) == 64
+    value: dict[str, Any] = json.loads(body)
+    return value
 
 
 async def get_tokens(
@@ -150,14 +167,15 @@ async def test_every_key_has_a_ttl_and_locks_are_released(
 
     keys = sorted(k.decode() for k in store.scan_iter("*"))
     assert len(keys) == 3
-    assert all(k.startswith("app1:tok:") and len(k) == len("app1:tok:") + 64 for k in keys)
+    assert all(k.startswith("app1:{") and k.endswith("}:tok") and len(k) == 43 for k in keys)
     for key in keys:
         raw = store.get(key)
         assert raw is not None
-        value = json.loads(raw)
-        assert set(value) == {"jwt", "exp"}
-        left_ms = (value["exp"] - MARGIN - time.time()) * 1000
-        assert 0 < store.pttl(key) <= left_ms + 50  # gone exactly when due for renewal
+        value = stored_value(raw)
+        assert set(value) == {"jwt", "exp", "refresh_at"}
+        assert value["refresh_at"] == value["exp"] - MARGIN
+        left_ms = (value["exp"] - 2 - time.time()) * 1000
+        assert 0 < store.pttl(key) <= left_ms + 50  # gone when no longer handed out
     assert not any(store.exists(lock_key(app, cache, n)) for n in range(3))
 
 
@@ -234,7 +252,7 @@ async def test_an_unreadable_value_is_a_miss(
 ) -> None:
     cache = caches(redis_server.url)
     app = asgi(fake_clerk, cache)
-    value_key = lock_key(app, cache, 3).replace(":lock:", ":tok:")
+    value_key = redis_keys(app, cache, 3)[0]
     store.set(value_key, stored, px=60_000)
 
     [token] = await get_tokens([app], [(0, session(fake_clerk, 3))])
@@ -243,7 +261,7 @@ async def test_an_unreadable_value_is_a_miss(
     assert fake_clerk.calls["template"] == 1
     raw = store.get(value_key)
     assert raw is not None
-    assert json.loads(raw)["jwt"] == token  # replaced by the good one
+    assert stored_value(raw)["jwt"] == token  # replaced by the good one
 
 
 # -- locks -----------------------------------------------------------------------------------
@@ -301,7 +319,7 @@ async def test_a_dead_holders_lock_is_waited_out_then_taken(
 async def test_a_failed_fetch_releases_the_lock_at_once(
     fake_clerk: FakeClerk, redis_server: RedisServer, caches: Any, store: redis.Redis
 ) -> None:
-    fake_clerk.inject("template", status=404, times=1)
+    fake_clerk.inject("template", status=503, times=3)  # every attempt fails: not remembered
     cache = caches(redis_server.url)
     app = asgi(fake_clerk, cache)
     headers = session(fake_clerk, 5)
@@ -311,9 +329,9 @@ async def test_a_failed_fetch_releases_the_lock_at_once(
         ok = await c.get("/", headers=headers)
 
     assert failed["token"] is False
-    assert failed["error"] == "clerk-session-not-found"
+    assert failed["error"] == "clerk-unavailable"
     assert ok.headers.get("x-tinybird-token")
-    assert fake_clerk.calls["template"] == 2
+    assert fake_clerk.calls["template"] == 4
 
 
 # -- Redis trouble -----------------------------------------------------------------------------
@@ -350,7 +368,7 @@ async def test_redis_stopped_mid_run_then_back(
 
     assert all(back)
     assert fake_clerk.calls["template"] - before == 5  # sharing resumed
-    assert len(list(store.scan_iter("clerk_tinybird:tok:*"))) == 5
+    assert len(list(store.scan_iter("clerk_tinybird:*:tok"))) == 5
     seen = {t for t in warm + outage + back if t}
     messages = [r.getMessage() for r in debug_logs]
     assert not any(t in m for t in seen for m in messages)
@@ -393,25 +411,30 @@ def test_sync_path_degrades_keeping_in_process_single_flight(
     fake_clerk: FakeClerk, caches: Any, debug_logs: list[logging.LogRecord]
 ) -> None:
     cache = caches(f"redis://127.0.0.1:{free_port()}/0")
+
+    def inner(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    mw = ClerkTinybirdWSGIMiddleware(
+        inner, secret_key=fake_clerk.secret_key, clerk_api_url=fake_clerk.api_url, token_cache=cache
+    )
+    headers = session(fake_clerk, 7)
+    fake_clerk.inject("template", delay=0.3, times=1)  # the others arrive while it runs
     done: list[str] = []
 
-    def fetch() -> TinybirdToken:
-        response = httpx.post(
-            f"{fake_clerk.api_url}/v1/sessions/sess_w/tokens/tinybird",
-            headers={"authorization": f"Bearer {fake_clerk.secret_key}"},
-        )
-        return token_from_jwt(response.json()["jwt"])
-
-    fake_clerk.session_token("user_w", org={"id": "org_w", "slug": "w"}, session_id="sess_w")
-
     def call() -> None:
-        done.append(cache.get_or_fetch("ns|user_w|org_w", fetch, MARGIN).jwt)
+        with httpx.Client(transport=httpx.WSGITransport(app=mw), base_url="http://t") as c:
+            done.append(c.get("/", headers=headers).headers["x-tinybird-token"])
 
     threads = [threading.Thread(target=call) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        mw.close()
     assert len(done) == 6
     assert len(set(done)) == 1
     assert fake_clerk.calls["template"] == 1  # in-process single-flight still holds

@@ -165,7 +165,7 @@ async def test_400_requests_over_20_tenants_make_20_template_calls(
     assert all(len(seen) == 1 and None not in seen for seen in tokens.values())
     assert len({r.json()["pid"] for r in responses}) == WORKERS
     assert fake_clerk.calls["template"] == 20
-    assert list(store.scan_iter("clerk_tinybird:lock:*")) == []
+    assert list(store.scan_iter("clerk_tinybird:*:lock")) == []
     assert all(store.pttl(k) > 0 for k in store.scan_iter("clerk_tinybird:*"))
 
 
@@ -178,7 +178,7 @@ async def test_a_worker_killed_holding_the_lock(
         doomed = asyncio.ensure_future(c.get(fleet.url(0), headers=headers))
         locks: list[bytes | str] = []
         for _ in range(500):  # until worker 0 holds the lock and is inside its fetch
-            if fake_clerk.calls["template"] and (locks := store.keys("clerk_tinybird:lock:*")):
+            if fake_clerk.calls["template"] and (locks := store.keys("clerk_tinybird:*:lock")):
                 break
             await asyncio.sleep(0.01)
         [lock] = locks
@@ -240,7 +240,7 @@ async def test_redis_stopped_mid_run_then_back(
 
     assert all(r.status_code == 200 and r.headers.get("x-tinybird-token") for r in responses)
     assert fake_clerk.calls["template"] - before == 10  # shared again: one call per tenant
-    assert len(list(store.scan_iter("clerk_tinybird:tok:*"))) == 10
+    assert len(list(store.scan_iter("clerk_tinybird:*:tok"))) == 10
     output = fleet.output()
     assert "Redis token cache at redis://127.0.0.1" in output  # the outage was noticed, and
     assert output.count("unavailable") <= WORKERS  # warned about at most once per worker

@@ -41,14 +41,15 @@ from clerk_tinybird_middleware import (
     RedisTokenCache,
     Settings,
 )
-from clerk_tinybird_middleware._edges import AsyncEdge, SyncEdge
 from clerk_tinybird_middleware._types import StartResponse, WSGIEnviron
 from clerk_tinybird_middleware.cache import TokenCache
 from clerk_tinybird_middleware.core.claims import Reason
-from clerk_tinybird_middleware.core.io import HttpRequest, HttpResponse, RetryPolicy
 from clerk_tinybird_middleware.core.jwt import parse
 from clerk_tinybird_middleware.core.locate import locate
+from clerk_tinybird_middleware.core.memo import Verified
+from clerk_tinybird_middleware.core.ops import HttpRequest, HttpResponse, RetryPolicy
 from clerk_tinybird_middleware.core.tokens import TokenError, TokenSource
+from clerk_tinybird_middleware.drivers import AsyncDriver, SyncDriver
 from clerk_tinybird_middleware.engine import Engine
 from clerk_tinybird_middleware.fastapi import TinybirdTokenDep
 from clerk_tinybird_middleware.flask import ClerkTinybird, require_tinybird_token
@@ -543,8 +544,8 @@ async def _run(via: str, kit: Kit, case: Case) -> tuple[Reply, list[object]]:
         reply = await _via_asgi(asgi, headers)
         mw = asgi if via == "asgi" else _find_asgi_middleware(asgi)
         assert mw is not None
-        objects += [mw, mw.engine, mw.edge, mw.engine.key_set, mw.engine.verifier]
-        await mw.edge.aclose()
+        objects += [mw, mw.engine, mw.driver, mw.engine.key_set, mw.engine.verifier, mw.engine.memo]
+        await mw.aclose()
     else:
         if via == "wsgi":
 
@@ -573,7 +574,7 @@ async def _run(via: str, kit: Kit, case: Case) -> tuple[Reply, list[object]]:
 
             reply = _via_wsgi(flask_app, headers)
             wsgi = flask_app.extensions["clerk_tinybird"]
-        objects += [wsgi, wsgi.engine, wsgi.edge, wsgi.engine.key_set, wsgi.engine.verifier]
+        objects += [wsgi, wsgi.engine, wsgi.driver, wsgi.engine.key_set, wsgi.engine.verifier]
         wsgi.close()
     if isinstance(cache, RedisTokenCache):
         cache.close()
@@ -643,20 +644,23 @@ def test_token_errors_carry_no_secrets(name: str, kit: Kit) -> None:
     """The exceptions token sources raise (message, repr, traceback) name no secret."""
     case = CASES[name]
     engine = Engine(_settings(kit, case), token_source=case.source())
-    edge = SyncEdge(engine)
+    driver = SyncDriver()
     mark = kit.watch.mark()
     kit.clerk.clear_faults()
     case.prepare(kit)
     try:
-        authorization, cookie = case.headers(kit)
-        auth = edge.authenticate(authorization, cookie)
-        assert auth.session is not None
+        authorization, _ = case.headers(kit)
+        assert authorization is not None
+        verified = driver.run(engine.verifier.verify(authorization.removeprefix("Bearer ")))
+        assert isinstance(verified, Verified)
+        assert engine.source is not None
+        assert verified.auth.session is not None
         with pytest.raises(TokenError) as caught:
-            edge.drive(engine.fetch_flow("leak-check", auth.session))
+            driver.run(engine.source.token_flow(verified.auth.session))
     finally:
         kit.clerk.clear_faults()
         vars(kit).pop("session", None)
-        edge.close()
+        driver.close()
     assert caught.value.code == case.expect
     kit.watch.text("exception", "".join(traceback.format_exception(caught.value)))
     assert not kit.watch.leaks(since=mark)
@@ -705,16 +709,21 @@ def _internal_objects(kit: Kit) -> dict[str, object]:
     token = kit.session()
     settings = _settings(kit, Case("token"))
     engine = Engine(settings)
-    edge = SyncEdge(engine)
+    driver = SyncDriver()
     try:
-        auth = edge.authenticate(f"Bearer {token}", None)
+        verified = driver.run(engine.verifier.verify(token))
+        assert isinstance(verified, Verified)
+        auth = verified.auth
         assert auth.session is not None
-        flow = engine.fetch_flow("leak-check", auth.session)
+        assert engine.broker is not None
+        flow = engine.source.token_flow(auth.session) if engine.source else None
+        assert flow is not None
         request = next(flow)  # the template call, with the secret key in its headers
         assert isinstance(request, HttpRequest)
-        outcome = edge.tinybird_token(auth)
+        key = engine.broker.key_of(auth.session)
+        outcome = driver.run(engine.broker.cold(key, auth.session))
     finally:
-        edge.close()
+        driver.close()
     tinybird = outcome.token
     assert tinybird is not None
     kit.watch.secret(tinybird.jwt, "Tinybird JWT")
@@ -726,7 +735,9 @@ def _internal_objects(kit: Kit) -> dict[str, object]:
         "TokenOutcome": outcome,
         "HttpRequest": request,
         "HttpResponse": HttpResponse(200, {"content-type": "application/json"}, body),
-        "AsyncEdge": AsyncEdge(engine),
+        "AsyncDriver": AsyncDriver(),
+        "Verified": verified,
+        "Engine": engine,
         "Located": locate(f"Bearer {token}", None, None),
         "ParsedJWT.header": parse(token).header,
     }
@@ -741,7 +752,9 @@ def _internal_objects(kit: Kit) -> dict[str, object]:
         "TokenOutcome",
         "HttpRequest",
         "HttpResponse",
-        "AsyncEdge",
+        "AsyncDriver",
+        "Verified",
+        "Engine",
         "Located",
         "ParsedJWT.header",
     ],

@@ -113,9 +113,9 @@ def _app() -> Starlette:
             "CLERK_JWT_KEY",
         ),
         ({"secret_key": "sk_test_x", "publishable_key": "pk_test_bad"}, "CLERK_PUBLISHABLE_KEY"),
-        ({"secret_key": "sk", "tinybird_workspace_id": "ws"}, "TINYBIRD_JWT_SECRET"),
+        ({"secret_key": "sk_test_x", "tinybird_workspace_id": "ws"}, "TINYBIRD_JWT_SECRET"),
         (
-            {"secret_key": "sk", "tinybird_workspace_id": "ws", "tinybird_jwt_secret": "p."},
+            {"secret_key": "sk_test_x", "tinybird_workspace_id": "ws", "tinybird_jwt_secret": "p."},
             "TINYBIRD_JWT_SCOPES",
         ),
     ],
@@ -149,18 +149,18 @@ def test_no_arguments_reads_the_environment(
 
 
 def test_overrides_apply_over_explicit_settings() -> None:
-    mw = ClerkTinybirdMiddleware(_app(), Settings(secret_key="sk_a"), require_auth=True)
-    assert mw.engine.settings.secret_key == "sk_a"
+    mw = ClerkTinybirdMiddleware(_app(), Settings(secret_key="sk_test_a"), require_auth=True)
+    assert mw.engine.settings.secret_key == "sk_test_a"
     assert mw.engine.settings.require_auth is True
 
 
 @pytest.mark.parametrize(
     ("overrides", "kind"),
     [
-        ({"secret_key": "sk"}, ClerkTemplateSource),
+        ({"secret_key": "sk_test_x"}, ClerkTemplateSource),
         (
             {
-                "secret_key": "sk",
+                "secret_key": "sk_test_x",
                 "tinybird_workspace_id": "ws",
                 "tinybird_jwt_secret": "p.admin",
                 "tinybird_scopes": SCOPES,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from typing import Any
@@ -16,9 +15,12 @@ from clerk_tinybird_middleware import (
     ConfigurationError,
     LocalTokenSource,
     MemoryTokenCache,
-    TinybirdToken,
+    Settings,
 )
+from clerk_tinybird_middleware.core.tokens import Held
+from clerk_tinybird_middleware.engine import Engine
 from clerk_tinybird_middleware.testing import FakeClerk, FakeTinybird
+from flows import FakeClock, Stepper, answer, bearer_request, loopback
 from support import bearer, client, jwt_claims, state_app
 
 ADMIN = "p.admin-token-of-the-workspace-long-enough-for-hs256"
@@ -78,23 +80,56 @@ async def test_concurrent_cold_requests_share_one_call(fake_clerk: FakeClerk) ->
     assert fake_clerk.calls["template"] == 1
 
 
-async def test_token_renewed_before_exp_minus_margin(
+def test_refresh_ahead_serves_the_held_token_while_one_refresh_runs(
     fake_clerk: FakeClerk, fake_tinybird: FakeTinybird
 ) -> None:
     fake_clerk.add_tinybird_template(
         fake_tinybird.admin_token, fake_tinybird.workspace_id, lifetime=60
     )
-    token = session_for(fake_clerk, "user_1", "acme")
-    # 60 s tokens renewed 57 s early: fresh for 2-3 s (exp is whole seconds).
-    async with client(template_app(fake_clerk, refresh_margin_seconds=57)) as http:
-        first = await http.get("/", headers=bearer(token))
-        again = await http.get("/", headers=bearer(token))
-        assert fake_clerk.calls["template"] == 1
-        await asyncio.sleep(3.1)  # now within the margin: renewed, not served stale
-        renewed = await http.get("/", headers=bearer(token))
-    assert first.headers["x-tinybird-token"] == again.headers["x-tinybird-token"]
+    clock = FakeClock()
+    engine = Engine(
+        Settings(secret_key=fake_clerk.secret_key, clerk_api_url=fake_clerk.api_url), clock=clock
+    )
+    stepper = Stepper(clock, http=loopback())
+    request = bearer_request(
+        fake_clerk.session_token("user_1", org={"id": "org_1", "slug": "acme"}, lifetime=3600)
+    )
+    first = answer(engine, stepper, request)
+    assert first.token is not None
+    assert fake_clerk.calls["template"] == 1
+    clock.advance(51)  # 9 s left: inside the 10 s refresh margin
+    held = [answer(engine, stepper, request) for _ in range(20)]
+    assert {r.token for r in held} == {first.token}  # nobody waits: the held token is served
+    assert fake_clerk.calls["template"] == 1
+    assert stepper.run_spawned() == 1  # twenty requests, one background refresh
     assert fake_clerk.calls["template"] == 2
-    assert renewed.json()["token"] is True
+    renewed = answer(engine, stepper, request)
+    assert renewed.token is not None
+    assert renewed.token != first.token
+    assert fake_clerk.calls["template"] == 2
+
+
+def test_a_request_waits_only_when_the_held_token_is_nearly_gone(
+    fake_clerk: FakeClerk, fake_tinybird: FakeTinybird
+) -> None:
+    fake_clerk.add_tinybird_template(
+        fake_tinybird.admin_token, fake_tinybird.workspace_id, lifetime=60
+    )
+    clock = FakeClock()
+    engine = Engine(
+        Settings(secret_key=fake_clerk.secret_key, clerk_api_url=fake_clerk.api_url), clock=clock
+    )
+    stepper = Stepper(clock, http=loopback())
+    request = bearer_request(
+        fake_clerk.session_token("user_1", org={"id": "org_1", "slug": "acme"}, lifetime=3600)
+    )
+    first = answer(engine, stepper, request)
+    clock.advance(58.5)  # under 2 s left: not handed out any more, fetched in line
+    late = answer(engine, stepper, request)
+    assert late.token is not None
+    assert late.token != first.token
+    assert fake_clerk.calls["template"] == 2
+    assert not stepper.spawned
 
 
 async def test_rate_limited_honours_retry_after(fake_clerk: FakeClerk) -> None:
@@ -218,9 +253,8 @@ NO_ORG = ClerkSession("user_1", "sess_1")
     ids=["whole", "inside", "fallback", "first-wins", "two", "missing", "missing-inside"],
 )
 def test_shortcodes(value: str, session: ClerkSession, expected: str | None) -> None:
-    source = local_source(
-        scopes=[{"type": "PIPES:READ", "resource": "p", "fixed_params": {"org": value}}]
-    )
+    fixed = {"org": value, "user": "{{user.id}}"}  # every scope must pin a tenant
+    source = local_source(scopes=[{"type": "PIPES:READ", "resource": "p", "fixed_params": fixed}])
     if expected is None:
         with pytest.raises(Exception, match="tenant-missing"):
             source.claims(session)
@@ -318,17 +352,22 @@ async def test_not_configured(fake_clerk: FakeClerk, caplog: pytest.LogCaptureFi
     assert len(warnings) == 1
 
 
-async def test_memory_cache_is_bounded() -> None:
+def test_memory_cache_is_bounded_and_keeps_what_is_used() -> None:
     cache = MemoryTokenCache(maxsize=2)
     source = local_source()
-    for i in range(5):
-        session = ClerkSession(f"user_{i}", f"sess_{i}", "org_1", "acme")
-        await cache.aget_or_fetch(f"k{i}", functools.partial(_mint, source, session), 10)
+    held = [
+        Held.of(source.mint(ClerkSession(f"user_{i}", f"sess_{i}", "org_1", "acme")), 10)
+        for i in range(3)
+    ]
+    cache.keep("k0", held[0])
+    cache.keep("k1", held[1])
+    assert cache.peek("k0") is held[0]  # k0 is in use
+    cache.keep("k2", held[2])  # room is needed: the least recently used one goes
+    assert cache.peek("k1") is None
+    assert not held[1].live
+    assert cache.peek("k0") is held[0]
+    assert cache.peek("k2") is held[2]
     assert len(cache) == 2
-
-
-async def _mint(source: LocalTokenSource, session: ClerkSession) -> TinybirdToken:
-    return source.mint(session)
 
 
 async def test_no_token_in_logs(fake_clerk: FakeClerk, debug_logs: list[logging.LogRecord]) -> None:

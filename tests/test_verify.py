@@ -133,7 +133,12 @@ CASES = [
         "alg-hs256-confusion", lambda f: bearer(hs256_with_public_pem(f)), "token-invalid-algorithm"
     ),
     Case("alg-missing", lambda f: bearer(unsigned(f, {"typ": "JWT"})), "token-invalid-algorithm"),
-    Case("typ-not-jwt", lambda f: bearer(tok(f, header={"typ": "at+jwt"})), "token-invalid"),
+    Case("typ-not-jwt", lambda f: bearer(tok(f, header={"typ": "JOSE"})), "token-invalid"),
+    Case(
+        "typ-oauth-access-token",
+        lambda f: bearer(tok(f, header={"typ": "at+jwt"})),
+        "token-type-mismatch",  # @clerk/backend's isMachineJwt
+    ),
     Case("rs384-accepted", lambda f: bearer(tok(f, algorithm="RS384")), None),
     Case("rs512-accepted", lambda f: bearer(tok(f, algorithm="RS512")), None),
     Case(

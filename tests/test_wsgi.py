@@ -117,7 +117,7 @@ def _token(fake_clerk: FakeClerk, user: str = "user_1", org: str = "org_1") -> s
         ("GET", "/health/live", {"exclude_paths": ("/health",)}, False),
         ("GET", "/healthz", {"exclude_paths": ("/health",)}, True),
         ("GET", "/caf\u00e9/menu", {"exclude_paths": ("/caf\u00e9",)}, False),
-        ("OPTIONS", "/api/x", {"require_auth": True}, False),
+        ("OPTIONS", "/api/x", {"require_auth": True}, True),  # not a preflight (SPEC §12)
         ("GET", "/health", {"require_auth": True, "exclude_paths": ("/health",)}, False),
     ],
     ids=[

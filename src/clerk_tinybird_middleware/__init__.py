@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from .asgi import ClerkTinybirdMiddleware
 from .cache import MemoryTokenCache
 from .clerk import ClerkTemplateSource
 from .errors import ConfigurationError
@@ -13,6 +13,7 @@ from .settings import Settings
 from .tinybird import LocalTokenSource
 
 if TYPE_CHECKING:
+    from .asgi import ClerkTinybirdMiddleware
     from .redis_cache import RedisTokenCache
     from .wsgi import ClerkTinybirdWSGIMiddleware
 
@@ -29,17 +30,25 @@ __all__ = [
     "Settings",
     "TinybirdToken",
 ]
-__version__ = "0.1.0"
+try:
+    __version__ = version("clerk-tinybird-middleware")
+except PackageNotFoundError:  # pragma: no cover - running from a tree that is not installed
+    __version__ = "0.0.0"
+
+_LAZY = {
+    # Imported on first use: redis is an optional extra, and WSGI users need no Starlette.
+    "ClerkTinybirdMiddleware": "asgi",
+    "ClerkTinybirdWSGIMiddleware": "wsgi",
+    "RedisTokenCache": "redis_cache",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: redis is an optional extra, and WSGI users need no Starlette work.
-    if name == "RedisTokenCache":
-        from .redis_cache import RedisTokenCache
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
 
-        return RedisTokenCache
-    if name == "ClerkTinybirdWSGIMiddleware":
-        from .wsgi import ClerkTinybirdWSGIMiddleware
-
-        return ClerkTinybirdWSGIMiddleware
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

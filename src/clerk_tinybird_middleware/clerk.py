@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Generator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .core import shortcodes
-from .core.io import HttpRequest, HttpResponse, Op, RetryPolicy, request_with_retries
+from .core.ops import (
+    DEFAULT_RETRY,
+    Clock,
+    HttpRequest,
+    HttpResponse,
+    Op,
+    RetryPolicy,
+    SystemClock,
+    request_with_retries,
+)
 from .core.tokens import TokenError, short_hash, token_from_jwt
 from .errors import ConfigurationError
 from .models import ClerkSession, TinybirdToken
-from .settings import Settings
 
-__all__ = ["ClerkTemplateSource"]
+if TYPE_CHECKING:
+    from .settings import Settings
+
+__all__ = ["ClerkTemplateSource", "clerk_error", "retry_after_seconds"]
 
 DEFAULT_TENANT_PARAMS: Mapping[str, Sequence[str]] = {
     "org": ("org.id", "org.slug"),
@@ -26,28 +38,29 @@ DEFAULT_RETRY_AFTER = 10.0  # Clerk's rate-limit window, when a 429 carries no R
 MAX_RETRY_AFTER = 600.0
 
 
-def retry_after_seconds(value: str | None) -> float:
+def retry_after_seconds(value: str | None, now: float | None = None) -> float:
     """``Retry-After`` as seconds (delta or HTTP date), bounded to something sane."""
     if value:
         try:
             seconds = float(value)
         except ValueError:
             try:
-                seconds = parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError):
+                when = parsedate_to_datetime(value).timestamp()
+                seconds = when - (time.time() if now is None else now)
+            except (TypeError, ValueError, OverflowError):
                 seconds = DEFAULT_RETRY_AFTER
         if seconds == seconds:  # not NaN
             return min(max(seconds, 0.0), MAX_RETRY_AFTER)
     return DEFAULT_RETRY_AFTER
 
 
-def _clerk_error(response: HttpResponse) -> tuple[str, str]:
+def clerk_error(response: HttpResponse) -> tuple[str, str]:
     """(code, long message) of Clerk's ``{"errors": [...]}`` body, empty strings if absent."""
     try:
         errors = json.loads(response.body).get("errors") or [{}]
         first = errors[0]
         return str(first.get("code") or ""), str(first.get("long_message") or first.get("message"))
-    except (ValueError, AttributeError, IndexError, TypeError):
+    except (ValueError, AttributeError, IndexError, TypeError, RecursionError):
         return "", ""
 
 
@@ -63,13 +76,13 @@ def template_error(response: HttpResponse) -> TokenError:
     if status in (401, 403):
         return TokenError(TokenError.KEY_INVALID, "Clerk rejected the secret key")
     if status == 404:
-        code, message = _clerk_error(response)
+        code, message = clerk_error(response)
         if "template" in message.lower():
             return TokenError(TokenError.TEMPLATE_NOT_FOUND, "no such JWT template")
         return TokenError(TokenError.SESSION_NOT_FOUND, code or "session not found")
     if status == 0:
         return TokenError(TokenError.UNAVAILABLE, f"no answer from Clerk ({response.error})")
-    code, _ = _clerk_error(response)
+    code, _ = clerk_error(response)
     return TokenError(TokenError.UNAVAILABLE, f"Clerk answered {status} {code}".rstrip())
 
 
@@ -78,9 +91,11 @@ class ClerkTemplateSource:
 
     The template (see the README) signs with the Tinybird admin token and pins the tenant in
     ``fixed_params``. Every answer passes the tenant guard before it is handed out: no null or
-    empty fixed param, and each fixed param named in ``tenant_params`` (default: ``org`` must be
-    the session's org id or slug, ``user`` its user id) must be this session's own value —
-    pass a mapping for templates with other parameter names, or ``{}`` to skip that check.
+    empty value at any depth, and each fixed param named in ``tenant_params`` (default: ``org``
+    must be the session's org id or slug, ``user`` its user id) must be this session's own
+    value — pass a mapping for templates with other parameter names, or ``{}`` to skip that.
+
+    The middleware binds the source to its settings (secret key, API URL) once, when built.
     """
 
     def __init__(
@@ -102,12 +117,15 @@ class ClerkTemplateSource:
             unknown = [f for f in fields if f not in shortcodes.FIELDS]
             if unknown:
                 raise ConfigurationError(f"tenant_params: unknown session field {unknown[0]!r}")
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or DEFAULT_RETRY
         self._body = (
             None
             if expires_in_seconds is None
             else json.dumps({"expires_in_seconds": expires_in_seconds}).encode()
         )
+        self._api_url = ""
+        self._secret = ""
+        self._clock: Clock = SystemClock()
 
     def __repr__(self) -> str:
         return (
@@ -115,35 +133,48 @@ class ClerkTemplateSource:
             f"expires_in_seconds={self.expires_in_seconds!r})"
         )
 
-    def cache_namespace(self, settings: Settings) -> str:
-        return "tpl:" + short_hash(self.template, settings.clerk_api_url, settings.secret_key or "")
-
-    def token_flow(
-        self, session: ClerkSession, settings: Settings
-    ) -> Generator[Op, Any, TinybirdToken]:
+    def bind(self, settings: Settings, clock: Clock) -> ClerkTemplateSource:
+        """A copy that calls the Clerk instance of ``settings``."""
         if not settings.secret_key:
-            raise TokenError(TokenError.NOT_CONFIGURED, "CLERK_SECRET_KEY is not set")
+            raise ConfigurationError("CLERK_SECRET_KEY is required for the Clerk JWT template")
+        bound = copy.copy(self)
+        bound._api_url = settings.clerk_api_url
+        bound._secret = settings.secret_key
+        bound._clock = clock
+        return bound
+
+    @property
+    def cache_namespace(self) -> str:
+        return "tpl:" + short_hash(self.template, self._api_url, self._secret)
+
+    @property
+    def instance_secret(self) -> str:
+        return self._secret
+
+    def token_flow(self, session: ClerkSession) -> Generator[Op, Any, TinybirdToken]:
+        if not self._secret:
+            raise TokenError(TokenError.NOT_CONFIGURED, "the source is not bound to a secret key")
         url = (
-            f"{settings.clerk_api_url}/v1/sessions/{quote(session.session_id, safe='')}"
+            f"{self._api_url}/v1/sessions/{quote(session.session_id, safe='')}"
             f"/tokens/{quote(self.template, safe='')}"
         )
-        headers = {"Authorization": f"Bearer {settings.secret_key}", "Accept": "application/json"}
+        headers = {"Authorization": f"Bearer {self._secret}", "Accept": "application/json"}
         if self._body is not None:
             headers["Content-Type"] = "application/json"
 
         def build(timeout: float) -> HttpRequest:
-            return HttpRequest("POST", url, headers, self._body, timeout)
+            return HttpRequest("POST", url, headers, self._body, timeout, endpoint="template")
 
-        response = yield from request_with_retries(build, self._retry)
+        response = yield from request_with_retries(build, self._retry, self._clock)
         if response.status != 200:
             raise template_error(response)
         try:
             jwt = json.loads(response.body)["jwt"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise TokenError(TokenError.UNAVAILABLE, "malformed template response") from None
         if not isinstance(jwt, str):
             raise TokenError(TokenError.UNAVAILABLE, "malformed template response")
-        token = token_from_jwt(jwt)
+        token = token_from_jwt(jwt, now=self._clock.time())
         self._check_tenant(token, session)
         return token
 
@@ -153,7 +184,7 @@ class ClerkTemplateSource:
         Clerk renders a template from the session's *current* active org, which may differ
         from the org in the (up to 60 s old) session token of this request right after an
         org switch; caching that token under this request's (user, org) would hand one org's
-        token to the other.
+        token to the other. Not remembered as a failure: the next session token is right.
         """
         scopes = token.claims.get("scopes")
         for scope in scopes if isinstance(scopes, list) else ():
@@ -168,4 +199,5 @@ class ClerkTemplateSource:
                     raise TokenError(
                         TokenError.TENANT_MISSING,
                         f"the template token's {param!r} is not this session's (org switched?)",
+                        cacheable=False,
                     )

@@ -168,6 +168,7 @@ def demo_settings(
         "publishable_key": clerk.publishable_key,
         "authorized_parties": tuple(dict.fromkeys(origins)),
         "tinybird_api_url": tinybird.api_url,
+        "handshake": False,
     }
     if source == "local":
         values.update(

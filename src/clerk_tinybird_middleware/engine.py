@@ -1,105 +1,52 @@
-"""The framework-free engine: settings turned into a verifier, a token source and a cache,
-plus the response rules (headers, error bodies). The ASGI and WSGI edges only move bytes."""
+"""The framework-free engine: one request in, one :class:`RequestAuth` out.
+
+An adapter (ASGI, WSGI, Flask, Django) asks :meth:`Engine.warm` first: a synchronous look-up
+that answers a repeat request completely (one dictionary read and a few comparisons), or says
+``None``. Then it runs the one cold flow, :meth:`Engine.cold`, on its driver. Adapters never
+decide policy; they render the result.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable, Generator, Iterable
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, AnyStr, Generic, NamedTuple
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-from .cache import MemoryTokenCache, TokenCache
-from .clerk import ClerkTemplateSource
-from .core import responses
-from .core.io import Op
-from .core.keys import KeySet
-from .core.locate import cookie_suffix, frontend_api_from_publishable_key
-from .core.tokens import (
-    Backoff,
-    TokenError,
-    TokenSource,
-    cache_key,
-    cache_variant,
-    token_from_jwt,
-)
-from .core.verify import SessionVerifier
-from .errors import ConfigurationError
-from .models import AuthResult, ClerkSession, TinybirdToken
+from .core import handshake as hs
+from .core.claims import Reason, time_failure
+from .core.locate import Located, locate
+from .core.lru import Entry
+from .core.memo import SessionMemo, Verified
+from .core.ops import DEFAULT_RETRY, Clock, Op, SystemClock, request_with_retries
+from .core.request import RequestAuth, RequestView
+from .core.responses import response_tail, unauthenticated_answer
+from .core.tokens import NO_TOKEN, TokenBroker, TokenCache, TokenError, TokenOutcome, TokenSource
+from .core.verify import cookie_rule, signed_out
+from .metrics import Metrics
+from .models import AuthResult
 from .settings import SettingOverrides, Settings
-from .tinybird import LocalTokenSource
+from .wiring import configure
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["Engine", "TokenOutcome"]
+__all__ = ["Engine"]
 
 logger = logging.getLogger("clerk_tinybird_middleware")
 
-_NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)
+_CRASHED = "The session token could not be verified."
 
 
-class TokenOutcome(NamedTuple):
-    """What a request gets: a token, or the reason it has none (and when to retry)."""
-
-    token: TinybirdToken | None = None
-    error: str | None = None
-    retry_after: float | None = None
+class _Always(Entry):
+    """A stand-in token-cache entry that never goes stale (no token source)."""
 
 
-NO_TOKEN = TokenOutcome()
-_NOT_CONFIGURED = TokenOutcome(error=TokenError.NOT_CONFIGURED)
-_CRASHED = AuthResult.signed_out("token-invalid", "The session token could not be verified.")
-
-
-def load_pem(pem: str) -> RSAPublicKey:
-    """``CLERK_JWT_KEY`` as Clerk's dashboard shows it: PEM, one-line with ``\\n``, or bare."""
-    text = pem.strip().replace("\\n", "\n")
-    if "-----BEGIN" not in text:
-        body = "".join(text.split())
-        text = f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
-    try:
-        key = load_pem_public_key(text.encode())
-    except (ValueError, TypeError):
-        raise ConfigurationError("CLERK_JWT_KEY is not a PEM public key") from None
-    if not isinstance(key, RSAPublicKey):
-        raise ConfigurationError("CLERK_JWT_KEY must be an RSA public key")
-    return key
-
-
-def default_token_source(settings: Settings) -> TokenSource | None:
-    """Local minting when configured, else the Clerk template, else none (SPEC §3)."""
-    if settings.tinybird_workspace_id and settings.tinybird_jwt_secret:
-        return LocalTokenSource.from_settings(settings)
-    if settings.tinybird_workspace_id or settings.tinybird_jwt_secret:
-        missing = (
-            "TINYBIRD_JWT_SECRET" if settings.tinybird_workspace_id else "TINYBIRD_WORKSPACE_ID"
-        )
-        raise ConfigurationError(f"{missing} is required for local minting")
-    if settings.secret_key:
-        return ClerkTemplateSource(settings.tinybird_template)
-    return None
-
-
-def default_token_cache(settings: Settings) -> TokenCache:
-    if settings.redis_url:
-        try:
-            from .redis_cache import RedisTokenCache
-        except ImportError:
-            raise ConfigurationError(
-                "CLERK_TINYBIRD_REDIS_URL needs redis: "
-                "pip install 'clerk-tinybird-middleware[redis]'"
-            ) from None
-        return RedisTokenCache(settings.redis_url)
-    return MemoryTokenCache()
+_ALWAYS = _Always()
 
 
 class Engine:
-    """Everything both middlewares share, validated and precomputed once."""
+    """Everything every adapter shares, validated and precomputed once."""
 
     def __init__(
         self,
@@ -107,245 +54,346 @@ class Engine:
         *,
         token_source: TokenSource | None = None,
         token_cache: TokenCache | None = None,
+        clock: Clock | None = None,
+        memo_bytes: int | None = None,
         **setting_overrides: Unpack[SettingOverrides],
     ) -> None:
         settings = (settings or Settings.from_env()).replace(**setting_overrides)
+        self.clock = clock or SystemClock()
+        parts = configure(
+            settings, token_source=token_source, token_cache=token_cache, clock=self.clock
+        )
         self.settings = settings
-        if not settings.secret_key and not settings.jwt_key:
-            raise ConfigurationError(
-                "CLERK_SECRET_KEY or CLERK_JWT_KEY is required to verify Clerk sessions"
+        self.verifier = parts.verifier
+        self.key_set = parts.verifier.key_set
+        self._generation: Any = self.key_set if self.key_set is not None else _NoKeys()
+        self.source = parts.source
+        self.cache = parts.cache
+        self.metrics = Metrics()
+        self.broker = (
+            TokenBroker(
+                parts.source,
+                parts.cache,
+                margin=settings.refresh_margin_seconds,
+                clock=self.clock,
+                counters=self.metrics,
             )
-        pem = load_pem(settings.jwt_key) if settings.jwt_key else None
-        self.key_set = (
-            None if pem is not None else KeySet(settings.clerk_api_url, settings.secret_key or "")
+            if parts.source is not None
+            else None
         )
-        issuer = None
-        cookie_names = None
-        if settings.publishable_key:
-            host = frontend_api_from_publishable_key(settings.publishable_key)
-            if host is None:
-                raise ConfigurationError("CLERK_PUBLISHABLE_KEY is not a Clerk publishable key")
-            issuer = f"https://{host}"
-            suffix = cookie_suffix(settings.publishable_key)
-            cookie_names = (f"__session_{suffix}", f"__client_uat_{suffix}")
-        self.verifier = SessionVerifier(
-            pem_key=pem,
-            key_set=self.key_set,
-            issuer=issuer,
-            authorized_parties=settings.authorized_parties,
-            audience=settings.audience,
-            clock_skew=settings.clock_skew_seconds,
-            cookie_names=cookie_names,
-        )
-        self.source = token_source if token_source is not None else default_token_source(settings)
-        self.cache = token_cache if token_cache is not None else default_token_cache(settings)
-        self.namespace = self.source.cache_namespace(settings) if self.source else ""
-        self.backoff = Backoff()
-        self.anonymous = (
-            _anonymous_token(settings.anonymous_token) if settings.anonymous_token else None
-        )
+        self.handshake = parts.handshake
+        self._cookie_names = parts.cookie_names
+        self.memo = SessionMemo() if memo_bytes is None else SessionMemo(memo_bytes)
+        self.require_auth = settings.require_auth
+        self.token_header = settings.token_header
+        self._anonymous = parts.anonymous
+        self._anonymous_until = parts.anonymous_until
         self._excluded = tuple((p, f"{p.rstrip('/')}/") for p in settings.exclude_paths)
-        self._signed_out_outcome = TokenOutcome(self.anonymous) if self.anonymous else NO_TOKEN
-        self._anonymous_until = (
-            self.anonymous.expires_at.timestamp() if self.anonymous else float("inf")
-        )
-        # id(session) → (session, cache key); holding the session keeps its id from reuse.
-        self._keys: dict[int, tuple[ClerkSession, str]] = {}
-        header = settings.token_header
-        self.bytes_headers = HeaderRule(header, _latin1) if header else None
-        self.str_headers = HeaderRule(header, str) if header else None
-        if self.source is None:
-            logger.warning(
-                "clerk-tinybird: no Tinybird token source configured (set TINYBIRD_WORKSPACE_ID"
-                " + TINYBIRD_JWT_SECRET, or CLERK_SECRET_KEY for the Clerk template);"
-                " sessions are verified but no Tinybird token is issued",
-                extra={"clerk_tinybird_reason": TokenError.NOT_CONFIGURED},
-            )
+        self.skips_paths = bool(self._excluded)
+        self._signed_out: dict[str, RequestAuth] = {}
+        self._not_configured = TokenOutcome(error=TokenError.NOT_CONFIGURED)
+        for warning in parts.warnings:
+            logger.warning("clerk-tinybird: %s", warning)
 
     def __repr__(self) -> str:
         return f"Engine(source={self.source!r}, cache={self.cache!r})"
 
-    # -- request routing -------------------------------------------------------------------
+    # -- routing -------------------------------------------------------------------------------
 
-    def skips(self, method: str, path: str) -> bool:
-        """OPTIONS (CORS preflights) and excluded paths pass through untouched."""
-        if method == "OPTIONS":
+    def skips(self, method: str, path: str, preflight: bool) -> bool:
+        """What passes through untouched, with no state set: excluded paths, CORS preflights,
+        and other ``OPTIONS`` requests unless ``require_auth`` (then they are authenticated
+        like ``GET``, so a handler answering every method leaks nothing)."""
+        if method == "OPTIONS" and (preflight or not self.require_auth):
             return True
         excluded = self._excluded
         return bool(excluded) and any(p == path or path.startswith(b) for p, b in excluded)
 
-    def verification_crashed(self) -> AuthResult:
-        """A bug in verification must not become a 500: log it, treat the token as invalid."""
-        logger.exception("clerk-tinybird: unexpected error while verifying a session")
-        return _CRASHED
+    # -- the warm path -------------------------------------------------------------------------
 
-    # -- tokens ----------------------------------------------------------------------------
+    def warm(self, query: Any, authorization: Any, cookie: Any) -> RequestAuth | None:
+        """The answer when nothing needs doing — the same credentials as a request already
+        answered, or none at all — else None (run :meth:`cold`). No I/O, no parsing.
 
-    def ready_outcome(self, auth: AuthResult) -> TokenOutcome | str:
-        """The outcome when no I/O is needed (signed out, no source, a fresh token held in
-        process); otherwise the cache key the edge must fetch for."""
-        session = auth.session
-        if session is None:
-            if self._anonymous_until <= time.time():
-                return NO_TOKEN  # an expired anonymous JWT is never handed out
-            return self._signed_out_outcome
-        if self.source is None:
-            return _NOT_CONFIGURED
-        key = self._key_of(session)
-        try:
-            token = self.cache.get(key)
-        except Exception:
-            logger.exception("clerk-tinybird: token cache read failed")
-            return key
-        return key if token is None else TokenOutcome(token)
-
-    def _key_of(self, session: ClerkSession) -> str:
-        """The cache key of a session, memoized per (memoized) session object."""
-        known = self._keys.get(id(session))
-        if known is not None and known[0] is session:
-            return known[1]
-        key = cache_key(self.namespace, session, cache_variant(self.source, session))
-        if len(self._keys) >= 4096:
-            self._keys.clear()
-        self._keys[id(session)] = (session, key)
-        return key
-
-    def fetch_flow(self, key: str, session: ClerkSession) -> Generator[Op, Any, TinybirdToken]:
-        """The upstream fetch for one cache key, run once however many requests wait on it.
-
-        No call while a ``Retry-After`` for the key runs; a 429's ``Retry-After`` is recorded
-        here, inside the shared fetch, before any waiter wakes — so a request arriving right
-        after cannot slip another call in.
+        ``query``, ``authorization`` and ``cookie`` are as the adapter holds them (bytes or
+        str, ``None`` when absent): they are only compared, never decoded here.
         """
-        left = self.backoff.remaining(key)
-        if left is not None:
-            raise TokenError(TokenError.RATE_LIMITED, "waiting out Retry-After", retry_after=left)
-        assert self.source is not None
+        if query and self.handshake is not None and _mentions_clerk(query):
+            return None  # a handshake or dev-browser parameter: the cold path reads it
+        if authorization is None and cookie is None:
+            result = self._signed_out_result(signed_out(Reason.TOKEN_MISSING))
+            self.metrics.request(result)
+            return result
+        seen = self.memo.get((authorization, cookie))
+        if seen is None or seen.result is None:
+            return None
+        now = self.clock.time()
+        if seen.since <= now < seen.until and seen.generation == self._generation.generation:
+            held = seen.held
+            if held.live:
+                held.used = True  # the token cache's LRU sees this tenant as active
+                seen.verified.used = True
+                self.metrics.requests_warm += 1
+                return seen.result  # type: ignore[no-any-return]
+        return None
+
+    # -- the cold path -------------------------------------------------------------------------
+
+    def cold(self, request: RequestView) -> Generator[Op, Any, RequestAuth]:
+        """Everything else, as one flow: handshake resolution, verification (maybe fetching
+        keys), the handshake redirect, and the Tinybird token (maybe fetching it)."""
         try:
-            return (yield from self.source.token_flow(session, self.settings))
-        except TokenError as error:
-            if error.code == TokenError.RATE_LIMITED and error.retry_after is not None:
-                self.backoff.block(key, error.retry_after)
-                logger.warning(
-                    "clerk-tinybird: Clerk rate limit; no call for this tenant for %.0f s",
-                    error.retry_after,
-                    extra={"clerk_tinybird_reason": error.code},
-                )
-            raise
+            result = yield from self._cold(request)
+        except Exception:
+            # A bug must not become a 500: log it, treat the request as signed out.
+            logger.exception("clerk-tinybird: unexpected error while authenticating a request")
+            result = self._signed_out_result(AuthResult.signed_out(Reason.TOKEN_INVALID, _CRASHED))
+        self.metrics.request(result)
+        return result
 
-    def failed(self, error: BaseException) -> TokenOutcome:
-        """Turn any failure into an outcome; never let it become a 500."""
-        if isinstance(error, TokenError):
-            if error.code not in (TokenError.RATE_LIMITED, TokenError.TENANT_MISSING):
-                logger.warning(
-                    "clerk-tinybird: no Tinybird token: %s",
-                    error,
-                    extra={"clerk_tinybird_reason": error.code},
-                )
-            return TokenOutcome(error=error.code, retry_after=error.retry_after)
-        logger.error(
-            "clerk-tinybird: unexpected %s while getting a Tinybird token",
-            type(error).__name__,
-            extra={"clerk_tinybird_reason": TokenError.UNAVAILABLE},
+    def _cold(self, request: RequestView) -> Generator[Op, Any, RequestAuth]:
+        located = locate(request.authorization, request.cookie, self._cookie_names)
+        handshake = self.handshake if located.from_cookie else None
+        if handshake is not None:
+            resolved = yield from self._resolve(handshake, request, located)
+            if resolved is not None:
+                return resolved
+        reason = None
+        page_load = handshake is not None and self._page_load(request)
+        if page_load and handshake is not None and handshake.development:
+            reason = self._dev_browser(request, located)
+        if reason is None:
+            reason = cookie_rule(located)
+        if reason is None and page_load and located.token and located.client_uat is None:
+            # A cookie with no __client_uat: fine for an API client (§4), stale for a page.
+            reason = Reason.TOKEN_BUT_NO_UAT
+        verified: Verified | None = None
+        if reason is None:
+            if not located.token:
+                reason = Reason.TOKEN_MISSING
+            else:
+                found = yield from self._verified(located.token)
+                if isinstance(found, str):
+                    reason = found
+                else:
+                    verified = found
+                    uat = located.client_uat
+                    iat = verified.auth.session.claims.get("iat") if verified.auth.session else None
+                    if uat and isinstance(iat, int | float) and iat < uat:
+                        reason = Reason.IAT_BEFORE_UAT
+        if reason is not None:
+            if handshake is not None:
+                answer = self._redirect(handshake, request, located, reason)
+                if answer is not None:
+                    return answer
+            return self._signed_out_result(signed_out(reason))
+        assert verified is not None
+        return (yield from self._signed_in(request, verified))
+
+    def _verified(self, token: str) -> Generator[Op, Any, Verified | str]:
+        """The memoized verification of ``token`` (time checks re-run), or a fresh one."""
+        held = self.memo.get(token)
+        now = self.clock.time()
+        if isinstance(held, Verified) and self.verifier.still_valid(held):
+            session = held.auth.session
+            assert session is not None
+            reason = time_failure(session.claims, now, self.verifier.skew)
+            if reason is not None:
+                return reason
+            held.generation = self._generation.generation
+            return held
+        found = yield from self.verifier.verify(token)
+        if isinstance(found, Verified):
+            return self.memo.remember_token(found)
+        return found
+
+    def _signed_in(
+        self, request: RequestView, verified: Verified, set_cookies: tuple[str, ...] = ()
+    ) -> Generator[Op, Any, RequestAuth]:
+        session = verified.auth.session
+        assert session is not None
+        broker = self.broker
+        until = verified.not_after
+        held: Entry | None = _ALWAYS
+        if broker is None:
+            outcome = self._not_configured
+        else:
+            key = broker.key_of(session)
+            warm = broker.warm(key, session, self.clock.time())
+            if warm is not None:
+                self.metrics.cache_result("hit")
+            else:
+                outcome = yield from broker.cold(key, session)
+                warm = broker.warm(key, session, self.clock.time())  # what the fill left
+            if warm is not None:
+                outcome = warm.outcome
+                until = min(until, warm.refresh_at, warm.expires_at)
+            held = warm
+        result = self._result(verified.auth, outcome, set_cookies)
+        if held is not None and not set_cookies:
+            # Remember the whole answer for these exact credentials, until the session's
+            # window closes or the token is due for refresh.
+            seen = self.memo.remember_request(
+                request.credentials, request.credentials_size, verified
+            )
+            seen.result, seen.held, seen.until = result, held, until
+        return result
+
+    def _result(
+        self, auth: AuthResult, outcome: TokenOutcome, set_cookies: tuple[str, ...] = ()
+    ) -> RequestAuth:
+        tail = response_tail(self.token_header, outcome.token, set_cookies)
+        return RequestAuth(auth, outcome.token, outcome.error, outcome.retry_after, None, tail)
+
+    def _signed_out_result(
+        self, auth: AuthResult, set_cookies: tuple[str, ...] = ()
+    ) -> RequestAuth:
+        """Signed out: 401 under ``require_auth``, else the anonymous token if one is set
+        (never past its exp). Memoized per reason."""
+        anonymous = self._anonymous is not None and self.clock.time() < self._anonymous_until
+        cacheable = not set_cookies and auth.status == "signed-out"
+        key = f"{auth.reason}|{anonymous}"
+        known = self._signed_out.get(key) if cacheable else None
+        if known is not None and known.auth.message == auth.message:
+            return known
+        if self.require_auth:
+            result = RequestAuth(auth, answer=unauthenticated_answer(auth, set_cookies))
+        else:
+            outcome = TokenOutcome(self._anonymous) if anonymous else NO_TOKEN
+            result = self._result(auth, outcome, set_cookies)
+        if cacheable:
+            self._signed_out[key] = result
+        return result
+
+    # -- the handshake -------------------------------------------------------------------------
+
+    @staticmethod
+    def _page_load(request: RequestView) -> bool:
+        return hs.eligible(
+            request.method, request.header("sec-fetch-dest"), request.header("accept")
         )
-        return TokenOutcome(error=TokenError.UNAVAILABLE)
 
-    # -- responses ---------------------------------------------------------------------------
+    def _dev_browser(self, request: RequestView, located: Located) -> str | None:
+        """Development instances, page loads only (other requests keep §4's answers): the
+        dev-browser token in the URL must be synced, and a page without one needs it."""
+        if hs.query_value(request.query, hs.DEV_BROWSER):
+            return Reason.DEV_BROWSER_SYNC
+        if not self._dev_browser_token(request, located):
+            return Reason.DEV_BROWSER_MISSING
+        return None
 
-    def unauthenticated(self, auth: AuthResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """401 for ``require_auth``: JSON body and ``WWW-Authenticate`` (RFC 6750)."""
-        return error_response(auth)
+    def _dev_browser_token(self, request: RequestView, located: Located) -> str | None:
+        names = [hs.DEV_BROWSER]
+        if located.suffixed and self._cookie_names is not None:
+            names.insert(0, f"{hs.DEV_BROWSER}_{self._cookie_names[0].rpartition('_')[2]}")
+        from_query = hs.query_value(request.query, hs.DEV_BROWSER)
+        return from_query or next(
+            (located.cookies[n] for n in names if located.cookies.get(n)), None
+        )
+
+    def _redirect(
+        self, handshake: hs.Handshake, request: RequestView, located: Located, reason: str
+    ) -> RequestAuth | None:
+        hs_reason = hs.TRIGGERS.get(reason)
+        if hs_reason is None or not self._page_load(request):
+            return None
+        count = hs.redirect_count(located.cookies)
+        answer = handshake.redirect(
+            request.url(),
+            hs_reason,
+            session_token=located.token,
+            dev_browser=self._dev_browser_token(request, located),
+            suffixed=located.suffixed,
+            count=count,
+        )
+        if answer is None:
+            logger.warning(
+                "clerk-tinybird: refreshing the session token resulted in a redirect loop; "
+                "signing the request out. Do CLERK_PUBLISHABLE_KEY and CLERK_SECRET_KEY belong "
+                "to the same Clerk instance?",
+                extra={"clerk_tinybird_reason": reason},
+            )
+            return None
+        auth = AuthResult("handshake", hs_reason, Reason.MESSAGES.get(reason), None)
+        return RequestAuth(auth, answer=answer)
+
+    def _resolve(
+        self, handshake: hs.Handshake, request: RequestView, located: Located
+    ) -> Generator[Op, Any, RequestAuth | None]:
+        """A request coming back from the Frontend API: trade its nonce (or legacy handshake
+        token) for cookie directives. None: there is nothing to resolve, or it failed in a
+        way that leaves the normal cookie rules to decide."""
+        nonce = hs.query_value(request.query, hs.NONCE) or located.cookies.get(hs.NONCE)
+        legacy = hs.query_value(request.query, hs.LEGACY_TOKEN) or located.cookies.get(
+            hs.LEGACY_TOKEN
+        )
+        if not nonce and not legacy:
+            return None
+        if nonce:
+            directives = yield from self._payload(handshake, nonce)
+        else:
+            assert legacy
+            directives = yield from self._legacy_directives(legacy)
+        token = hs.directive_session(directives)
+        cookies = tuple(directives)
+        url = request.url()
+        if not token:
+            auth = signed_out(Reason.TOKEN_MISSING)
+            if handshake.development:
+                return RequestAuth(auth, answer=handshake.resolved(url, cookies))
+            return self._signed_out_result(auth, cookies)
+        found = yield from self._verified(token)
+        if isinstance(found, str):
+            logger.warning(
+                "clerk-tinybird: the handshake returned a session token that does not verify "
+                "(%s); continuing with the request's cookies",
+                found,
+                extra={"clerk_tinybird_reason": found},
+            )
+            return None
+        if handshake.development:
+            return RequestAuth(found.auth, answer=handshake.resolved(url, cookies))
+        return (yield from self._signed_in(request, found, cookies))
+
+    def _payload(self, handshake: hs.Handshake, nonce: str) -> Generator[Op, Any, list[str]]:
+        """``GET /v1/clients/handshake_payload?nonce=`` → the directives; [] on any failure."""
+        response = yield from request_with_retries(
+            lambda timeout: handshake.payload_request(nonce, timeout), DEFAULT_RETRY, self.clock
+        )
+        if response.status != 200:
+            logger.warning(
+                "clerk-tinybird: the handshake payload could not be fetched (HTTP %s)",
+                response.status or response.error,
+                extra={"clerk_tinybird_reason": Reason.TOKEN_MISSING},
+            )
+            return []
+        try:
+            directives = json.loads(response.body)["directives"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            directives = None
+        if not isinstance(directives, list) or not all(isinstance(d, str) for d in directives):
+            logger.warning("clerk-tinybird: the handshake payload is malformed")
+            return []
+        return directives
+
+    def _legacy_directives(self, token: str) -> Generator[Op, Any, list[str]]:
+        payload = yield from self.verifier.verify_handshake(token)
+        if isinstance(payload, str):
+            logger.warning(
+                "clerk-tinybird: the __clerk_handshake token does not verify (%s)",
+                payload,
+                extra={"clerk_tinybird_reason": payload},
+            )
+            return []
+        directives = payload.get("handshake")
+        if not isinstance(directives, list):
+            return []
+        return [d for d in directives if isinstance(d, str)]
 
 
-def _latin1(text: str) -> bytes:
-    return text.encode("latin-1")
+class _NoKeys:
+    generation = 0
 
 
-class HeaderRule(Generic[AnyStr]):
-    """SPEC §6's response headers, for one header type: ``bytes`` (ASGI) or ``str`` (WSGI).
-
-    ``Cache-Control: private, no-store`` replaces the handler's (no shared cache may store a
-    tenant's token), ``Vary`` gains ``Cookie, Authorization``, and any token headers the
-    handler set are replaced by ours. The encoded values of a token are memoized.
-    """
-
-    def __init__(self, token_header: str, encode: Callable[[str], AnyStr]) -> None:
-        self._encode: Callable[[str], AnyStr] = encode
-        self._token: AnyStr = encode(token_header)
-        self._expires: AnyStr = encode(f"{token_header}-expires-at")
-        self._cache_control: AnyStr = encode("cache-control")
-        self._no_store: AnyStr = encode("private, no-store")
-        self._vary: AnyStr = encode("vary")
-        self._comma: AnyStr = encode(",")
-        self._joiner: AnyStr = encode(", ")
-        self._star: AnyStr = encode("*")
-        self._ours: tuple[AnyStr, AnyStr] = (encode("Cookie"), encode("Authorization"))
-        self._drop: frozenset[AnyStr] = frozenset({self._cache_control, self._token, self._expires})
-        self._no_store_header: tuple[AnyStr, AnyStr] = (self._cache_control, self._no_store)
-        self._default_vary: tuple[AnyStr, AnyStr] = (self._vary, self._joiner.join(self._ours))
-        self._values: dict[str, list[tuple[AnyStr, AnyStr]]] = {}
-
-    def token_headers(self, token: TinybirdToken) -> list[tuple[AnyStr, AnyStr]]:
-        values = self._values.get(token.jwt)
-        if values is None:
-            if len(self._values) >= 10_000:
-                self._values.clear()
-            values = [
-                (self._token, self._encode(token.jwt)),
-                (self._expires, self._encode(str(token.expires_at_unix))),
-            ]
-            self._values[token.jwt] = values
-        return values
-
-    def merge(
-        self, headers: Iterable[tuple[AnyStr, AnyStr]], token: TinybirdToken
-    ) -> list[tuple[AnyStr, AnyStr]]:
-        """The handler's headers with ours."""
-        merged: list[tuple[AnyStr, AnyStr]] = []
-        vary: list[AnyStr] | None = None
-        for name, value in headers:
-            lower = name.lower()
-            if lower == self._vary:
-                vary = vary or []
-                vary.extend(v.strip() for v in value.split(self._comma) if v.strip())
-            elif lower not in self._drop:
-                merged.append((name, value))
-        merged.append(self._no_store_header)
-        merged.append(self._default_vary if vary is None else self._merged_vary(vary))
-        merged.extend(self.token_headers(token))
-        return merged
-
-    def _merged_vary(self, vary: list[AnyStr]) -> tuple[AnyStr, AnyStr]:
-        seen = {v.lower() for v in vary}
-        if self._star not in seen:
-            vary.extend(v for v in self._ours if v.lower() not in seen)
-        return self._vary, self._joiner.join(vary)
-
-
-def error_response(auth: AuthResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The middleware's own 401 (``require_auth``), as raw ASGI-style headers."""
-    payload, extra = responses.unauthenticated(auth)
-    body = json.dumps(payload).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((name.lower().encode(), value.encode()) for name, value in extra.items()),
-    ]
-    return 401, headers, body
-
-
-def _anonymous_token(value: str) -> TinybirdToken:
-    """The opt-in token for signed-out requests: a JWT (its exp is read and the tenant guard
-    applies: a null fixed param would open every tenant's rows) or an opaque token."""
-    if not value.isascii() or not value.isprintable() or " " in value:
-        raise ConfigurationError("TINYBIRD_ANONYMOUS_TOKEN must be a Tinybird token")
-    if value.count(".") != 2:
-        return TinybirdToken(jwt=value, expires_at=_NEVER, anonymous=True)
-    try:
-        return token_from_jwt(value, anonymous=True)
-    except TokenError as error:
-        if error.code == TokenError.TENANT_MISSING:
-            raise ConfigurationError(
-                "TINYBIRD_ANONYMOUS_TOKEN pins a null or empty fixed param"
-            ) from None
-        return TinybirdToken(jwt=value, expires_at=_NEVER, anonymous=True)  # not a JWT after all
+def _mentions_clerk(query: Any) -> bool:
+    return (b"__clerk" in query) if isinstance(query, bytes) else ("__clerk" in query)

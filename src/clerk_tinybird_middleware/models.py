@@ -43,16 +43,22 @@ class ClerkSession:
     def has(self, *, role: str | None = None, permission: str | None = None) -> bool:
         """True when the session's active org grants ``role`` and ``permission`` (both if given).
 
-        ``role`` may be written with or without the ``org:`` prefix. With neither argument,
-        true when an org is active.
+        ``role`` and ``permission`` may be written with or without the ``org:`` prefix
+        (``"admin"``, ``"org:admin"``; ``"reports:read"``), as in Clerk's ``has()``. With
+        neither argument, true when an org is active.
         """
         if self.org_id is None:
             return False
-        if role is not None:
-            wanted = role if role.startswith("org:") else f"org:{role}"
-            if self.org_role != wanted:
-                return False
-        return permission is None or permission in self.org_permissions
+        if role is not None and (self.org_role is None or _org(self.org_role) != _org(role)):
+            return False
+        return permission is None or _org(permission) in self.org_permissions
+
+
+def _org(name: str) -> str:
+    """Clerk's ``prefixWithOrg``: exactly one leading ``org:``."""
+    while name.startswith("org:"):
+        name = name[4:]
+    return f"org:{name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +67,11 @@ class AuthResult:
 
     ``reason`` is a stable machine code (``token-expired``, ``session-token-missing``, …) and
     ``message`` a human explanation; both are ``None`` when signed in. Neither ever contains a
-    token.
+    token. ``status`` is ``"handshake"`` only while the middleware answers a page load with
+    Clerk's handshake redirect (the app is not called then).
     """
 
-    status: Literal["signed-in", "signed-out"]
+    status: Literal["signed-in", "signed-out", "handshake"]
     reason: str | None = None
     message: str | None = None
     session: ClerkSession | None = None

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypedDict
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
@@ -27,12 +28,15 @@ class SettingOverrides(TypedDict, total=False):
     audience: Sequence[str] | str
     clock_skew_seconds: float
     clerk_api_url: str
+    proxy_url: str | None
+    handshake: bool
     tinybird_template: str
     tinybird_api_url: str
     tinybird_workspace_id: str | None
     tinybird_jwt_secret: str | None
     tinybird_scopes: Scopes | str | None
     tinybird_token_lifetime: int
+    tinybird_allow_unpinned_scopes: bool
     anonymous_token: str | None
     token_header: str | None
     require_auth: bool
@@ -77,6 +81,8 @@ class Settings:
     clerk_api_url: str = dataclasses.field(
         default="https://api.clerk.com", metadata=_env("CLERK_API_URL")
     )
+    proxy_url: str | None = dataclasses.field(default=None, metadata=_env("CLERK_PROXY_URL"))
+    handshake: bool = dataclasses.field(default=True, metadata=_env("CLERK_TINYBIRD_HANDSHAKE"))
     tinybird_template: str = dataclasses.field(
         default="tinybird", metadata=_env("CLERK_TINYBIRD_TEMPLATE")
     )
@@ -94,6 +100,9 @@ class Settings:
     )
     tinybird_token_lifetime: int = dataclasses.field(
         default=600, metadata=_env("TINYBIRD_TOKEN_LIFETIME")
+    )
+    tinybird_allow_unpinned_scopes: bool = dataclasses.field(
+        default=False, metadata=_env("TINYBIRD_ALLOW_UNPINNED_SCOPES")
     )
     anonymous_token: str | None = dataclasses.field(
         default=None, repr=False, metadata=_env("TINYBIRD_ANONYMOUS_TOKEN")
@@ -122,13 +131,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every option from ``environ`` (default ``os.environ``); unset → default."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f.metadata["env"])
-            if raw is not None:
-                values[f.name] = raw
-        return cls(**values)
+        return cls(**raw_values(os.environ if environ is None else environ))
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with some fields changed; unknown names raise ``TypeError``."""
@@ -143,11 +146,51 @@ class Settings:
         """The environment variable of a field, for messages."""
         return str(Settings.__dataclass_fields__[field_name].metadata["env"])
 
+    @staticmethod
+    def env_names() -> dict[str, str]:
+        """Environment variable → field name, for every field."""
+        return {f.metadata["env"]: f.name for f in fields(Settings)}
+
+
+def raw_values(environ: Mapping[str, Any]) -> dict[str, Any]:
+    """Field name → raw value, for every field whose environment variable is in ``environ``."""
+    return {
+        f.name: environ[f.metadata["env"]] for f in fields(Settings) if f.metadata["env"] in environ
+    }
+
+
+def field_problems(values: Mapping[str, Any]) -> Iterator[ConfigurationError]:
+    """Every bad value in ``values`` (field name → raw value), not just the first one."""
+    for f in fields(Settings):
+        if f.name in values:
+            try:
+                _coerce(f.name, f.metadata["env"], values[f.name])
+            except ConfigurationError as problem:
+                yield problem
+
 
 _TUPLES = {"authorized_parties", "audience", "exclude_paths"}
 _FLOATS = {"clock_skew_seconds", "refresh_margin_seconds"}
 _INTS = {"tinybird_token_lifetime"}
-_URLS = {"clerk_api_url", "tinybird_api_url"}
+_BOOLS = {"require_auth", "handshake", "tinybird_allow_unpinned_scopes"}
+_URLS = {"clerk_api_url", "tinybird_api_url", "proxy_url"}
+
+
+def _origin(value: str) -> bool:
+    """``scheme://host[:port]`` and nothing else (what an ``azp`` claim holds)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path == ""
+        and not parts.query
+        and not parts.fragment
+        and "@" not in parts.netloc
+    )
 
 
 def _coerce(name: str, env: str, value: Any) -> Any:
@@ -162,6 +205,14 @@ def _coerce(name: str, env: str, value: Any) -> Any:
             if bad:
                 raise ConfigurationError(f"{env}: paths must start with '/': {bad!r}")
             value = [p.rstrip("/") or "/" for p in value]
+        if name == "authorized_parties":
+            bad = [p for p in value if not _origin(p)]
+            if bad:
+                raise ConfigurationError(
+                    f"{env}: {bad[0]!r} is not an origin; use scheme://host[:port] with no "
+                    "path, e.g. https://app.example.com (Clerk's azp claim is an origin)"
+                )
+            value = [p.rstrip("/") for p in value]
         return tuple(value)
     if name in _FLOATS or name in _INTS:
         kind = int if name in _INTS else float
@@ -169,14 +220,14 @@ def _coerce(name: str, env: str, value: Any) -> Any:
             raise ConfigurationError(f"{env} must be a number")
         try:
             number = kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigurationError(f"{env} must be a number, got {value!r}") from None
-        if number < 0 or number != number:
-            raise ConfigurationError(f"{env} must not be negative")
+        if number < 0 or number != number or number == float("inf"):
+            raise ConfigurationError(f"{env} must be a finite number, not negative")
         if name == "tinybird_token_lifetime" and number <= 0:
             raise ConfigurationError(f"{env} must be positive")
         return number
-    if name == "require_auth":
+    if name in _BOOLS:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
@@ -188,6 +239,8 @@ def _coerce(name: str, env: str, value: Any) -> Any:
     if name == "tinybird_scopes":
         return _coerce_scopes(env, value)
     if name in _URLS:
+        if name == "proxy_url" and (value is None or value == ""):
+            return None
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise ConfigurationError(f"{env} must be an http(s) URL")
         return value.rstrip("/")
@@ -201,10 +254,21 @@ def _coerce(name: str, env: str, value: Any) -> Any:
         return None  # an empty environment variable means "unset"
     if value is not None and not isinstance(value, str):
         raise ConfigurationError(f"{env} must be a string")
+    if (
+        name == "secret_key"
+        and value is not None
+        and not value.startswith(("sk_test_", "sk_live_"))
+    ):
+        shown = "a publishable key" if value.startswith("pk_") else "not a Clerk secret key"
+        raise ConfigurationError(
+            f"{env} must start with sk_test_ or sk_live_ (this is {shown}; copy the secret key "
+            "from the API keys page of the Clerk dashboard)"
+        )
     return value
 
 
 def _coerce_scopes(env: str, value: Any) -> Any:
+    """Shape only (a list of objects): the scope rules are checked by the token source."""
     if value is None or callable(value):
         return value
     if isinstance(value, str):
@@ -212,14 +276,14 @@ def _coerce_scopes(env: str, value: Any) -> Any:
             return None
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ConfigurationError(f"{env} must be a JSON list of scope objects") from None
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, Mapping) for s in value):
         raise ConfigurationError(f"{env} must be a list of scope objects")
-    for scope in value:
-        if not isinstance(scope.get("type"), str) or not isinstance(scope.get("resource"), str):
-            raise ConfigurationError(f"{env}: every scope needs a string 'type' and 'resource'")
-        fixed = scope.get("fixed_params", {})
-        if not isinstance(fixed, Mapping):
-            raise ConfigurationError(f"{env}: 'fixed_params' must be an object")
+    from .core.scopes import ScopeProblem, check_scopes
+
+    try:  # the structural rules here, so a bad TINYBIRD_JWT_SCOPES fails even unused
+        check_scopes(value, allow_unpinned=True)
+    except ScopeProblem as problem:
+        raise ConfigurationError(f"{env}: {problem}") from None
     return tuple(value)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from ..models import ClerkSession
 
 __all__ = [
-    "SESSION_CATEGORY",
+    "SESSION_CATEGORIES",
     "Reason",
     "decode_org",
     "session_from_claims",
-    "shape_failure",
     "time_failure",
     "time_window",
 ]
 
-SESSION_CATEGORY = "cl_B7d4PD111AAA"
+#: Header ``cat`` values of session tokens: the session category, and the "ignore category"
+#: value that instances with that setting put on every token (as @clerk/backend accepts).
+SESSION_CATEGORIES = frozenset({"cl_B7d4PD111AAA", "cl_I7d4PD111III"})
 
 
 class Reason:
@@ -42,6 +44,8 @@ class Reason:
     TOKEN_BUT_NO_UAT = "session-token-but-no-client-uat"
     IAT_BEFORE_UAT = "session-token-iat-before-client-uat"
     UAT_BUT_NO_TOKEN = "client-uat-but-no-session-token"
+    DEV_BROWSER_MISSING = "dev-browser-missing"
+    DEV_BROWSER_SYNC = "dev-browser-sync"
 
     MESSAGES: Mapping[str, str] = {
         TOKEN_MISSING: "No session token in the Authorization header or the __session cookie.",
@@ -63,60 +67,75 @@ class Reason:
         TOKEN_BUT_NO_UAT: "Signed out elsewhere: __client_uat is 0 but a session cookie remains.",
         IAT_BEFORE_UAT: "The session cookie predates the client's last sign-in change.",
         UAT_BUT_NO_TOKEN: "__client_uat says signed in but there is no session cookie.",
+        DEV_BROWSER_MISSING: "A development instance needs the dev-browser token (__clerk_db_jwt).",
+        DEV_BROWSER_SYNC: "The dev-browser token in the URL must be stored first.",
     }
 
 
-_MAX_MASK_DIGITS = 100  # far beyond any real mask (2^300); keeps int() cheap and bounded
+_MAX_MASK_DIGITS = 4000  # Python's own int() limit is 4300 digits; masks are far shorter
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number that JavaScript would also call finite (no bool, NaN, ±inf, 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range: Infinity in JavaScript
+        return False
+
+
+def _seconds(value: Any) -> float:
+    """A time claim as Clerk's SDK compares it: whole seconds, truncated toward zero."""
+    return float(math.trunc(value))
 
 
 def time_failure(claims: Mapping[str, Any], now: float, skew: float) -> str | None:
-    """exp, nbf, iat against ``now`` with ``skew`` seconds of leeway (re-run per request)."""
-    if claims["exp"] <= now - skew:
+    """``exp`` (required), then ``nbf`` and ``iat`` (when present): each a finite number,
+    each against ``now`` with ``skew`` seconds of leeway — in Clerk's order, so a token with
+    several faults gets Clerk's reason."""
+    exp = claims.get("exp")
+    if not _number(exp):
+        return Reason.TOKEN_INVALID
+    if _seconds(exp) <= now - skew:
         return Reason.EXPIRED
-    nbf = claims.get("nbf")
-    if nbf is not None and nbf > now + skew:
-        return Reason.NOT_ACTIVE_YET
-    iat = claims.get("iat")
-    if iat is not None and iat > now + skew:
-        return Reason.IAT_IN_FUTURE
+    for name, reason in (("nbf", Reason.NOT_ACTIVE_YET), ("iat", Reason.IAT_IN_FUTURE)):
+        if name in claims:
+            value = claims[name]
+            if not _number(value):
+                return Reason.TOKEN_INVALID
+            if _seconds(value) > now + skew:
+                return reason
     return None
 
 
 def time_window(claims: Mapping[str, Any], skew: float) -> tuple[float, float]:
-    """[from, until): the instants at which :func:`time_failure` passes for these claims."""
-    starts = [v for v in (claims.get("nbf"), claims.get("iat")) if v is not None]
-    return (max(starts) - skew if starts else float("-inf")), claims["exp"] + skew
-
-
-def shape_failure(claims: Mapping[str, Any]) -> str | None:
-    """``sub`` a string, ``exp`` a number, ``nbf``/``iat`` numbers when present."""
-    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-        return Reason.TOKEN_INVALID
-    if not _number(claims.get("exp")):
-        return Reason.TOKEN_INVALID
-    for name in ("nbf", "iat"):
-        if name in claims and not _number(claims[name]):
-            return Reason.TOKEN_INVALID
-    return None
+    """[from, until): the instants at which :func:`time_failure` passes for these claims
+    (which it did once: they are numbers)."""
+    starts = [_seconds(v) for v in (claims.get("nbf"), claims.get("iat")) if v is not None]
+    return (max(starts) - skew if starts else float("-inf")), _seconds(claims["exp"]) + skew
 
 
 def _split(value: Any) -> list[str]:
     return [part.strip() for part in value.split(",")] if isinstance(value, str) else []
 
 
+def prefixed(name: str) -> str:
+    """Clerk's rule for roles and permissions: ``org:`` is added when it is left out."""
+    return name if name.startswith("org:") else f"org:{name}"
+
+
 def _v2_permissions(org: Mapping[str, Any], features: Any) -> tuple[str, ...]:
     """Decode ``fea`` + ``o.per`` + ``o.fpm``: bit j of the k-th org feature's mask grants
-    ``org:<feature>:<per[j]>`` (least significant bit first; ``u:``-only features skipped)."""
+    ``org:<feature>:<per[j]>`` (least significant bit first). Every ``o``-scoped entry of
+    ``fea`` counts — an empty name included, so a malformed entry cannot shift the masks of
+    the ones after it; ``u:``-only features do not."""
     permissions = _split(org.get("per"))
     masks = _split(org.get("fpm"))
     org_features = []
     for entry in _split(features):
         scope, sep, name = entry.partition(":")
-        if sep and name and scope in ("o", "ou", "uo"):
+        if sep and scope in ("o", "ou", "uo"):
             org_features.append(name)
     granted: list[str] = []
     for feature, mask_text in zip(org_features, masks, strict=False):
@@ -124,7 +143,7 @@ def _v2_permissions(org: Mapping[str, Any], features: Any) -> tuple[str, ...]:
             continue  # malformed masks grant nothing
         mask = int(mask_text)
         for j, permission in enumerate(permissions):
-            if permission and mask >> j & 1:
+            if mask >> j & 1:  # an empty name is granted as Clerk grants it: org:<feature>:
                 granted.append(f"org:{feature}:{permission}")
     return tuple(granted)
 
@@ -132,15 +151,15 @@ def _v2_permissions(org: Mapping[str, Any], features: Any) -> tuple[str, ...]:
 def decode_org(
     claims: Mapping[str, Any],
 ) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
-    """(org_id, org_slug, org_role, org_permissions) from v1 or v2 claims."""
+    """(org_id, org_slug, org_role, org_permissions) from v1 or v2 claims; roles always
+    carry the ``org:`` prefix."""
     if claims.get("v") == 2:
         org = claims.get("o")
         if not isinstance(org, Mapping) or not isinstance(org.get("id"), str) or not org["id"]:
             return None, None, None, ()
         slug = org.get("slg") if isinstance(org.get("slg"), str) else None
-        role = org.get("rol") if isinstance(org.get("rol"), str) and org.get("rol") else None
-        if role is not None and not role.startswith("org:"):
-            role = f"org:{role}"
+        rol = org.get("rol")
+        role = prefixed(rol) if isinstance(rol, str) and rol else None
         return org["id"], slug, role, _v2_permissions(org, claims.get("fea"))
     org_id = claims.get("org_id")
     if not isinstance(org_id, str) or not org_id:
@@ -151,7 +170,7 @@ def decode_org(
     return (
         org_id,
         slug if isinstance(slug, str) else None,
-        role if isinstance(role, str) and role else None,
+        prefixed(role) if isinstance(role, str) and role else None,
         tuple(p for p in perms if isinstance(p, str)) if isinstance(perms, list) else (),
     )
 

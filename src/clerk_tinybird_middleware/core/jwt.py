@@ -1,36 +1,48 @@
-"""Strict JWT parsing and RSA signature checks with pre-built key objects.
+"""JWTs: strict pre-checks of our own, the JWS layer from PyJWT.
 
-Stricter than a generic decoder on purpose: base64url only (no padding, no stray bytes), and
-the signature segment must be the canonical encoding of its bytes, so no two different
-strings verify as the same token.
+The pre-checks are stricter than a generic decoder on purpose, and run before any key is
+looked up: at most 16 KiB, three base64url segments with no padding or stray bytes, a
+canonical signature encoding (no two strings verify as the same token), and header and payload
+that are UTF-8 JSON objects — no BOM, no UTF-16/32, no ``NaN``/``Infinity`` (Python's ``json``
+accepts both), no nesting that exhausts the parser. Any failure is :class:`MalformedJWT`,
+never another exception.
+
+Signatures are checked by PyJWT (:class:`jwt.api_jws.PyJWS` pinned to RS256/384/512, with
+key objects built once); Tinybird tokens are signed with :func:`jwt.encode`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt.api_jws import PyJWS
 
-__all__ = ["MAX_TOKEN_BYTES", "RSA_HASHES", "ParsedJWT", "b64url_decode", "parse", "verify_rsa"]
+__all__ = [
+    "MAX_TOKEN_BYTES",
+    "RSA_ALGORITHMS",
+    "MalformedJWT",
+    "ParsedJWT",
+    "b64url_decode",
+    "b64url_encode",
+    "encode_hs256",
+    "parse",
+    "read_payload",
+    "verify_rsa",
+]
 
 MAX_TOKEN_BYTES = 16 * 1024
-RSA_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "RS256": hashes.SHA256,
-    "RS384": hashes.SHA384,
-    "RS512": hashes.SHA512,
-}
+RSA_ALGORITHMS = ("RS256", "RS384", "RS512")
 _SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_PKCS1 = padding.PKCS1v15()
+_JWS = PyJWS(algorithms=list(RSA_ALGORITHMS))
 
 
 class MalformedJWT(ValueError):
@@ -39,10 +51,9 @@ class MalformedJWT(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ParsedJWT:
+    token: str
     header: dict[str, Any]
     payload: dict[str, Any]
-    signing_input: bytes
-    signature: bytes
 
 
 def b64url_decode(segment: str) -> bytes:
@@ -54,43 +65,58 @@ def b64url_decode(segment: str) -> bytes:
         raise MalformedJWT("bad base64url") from None
 
 
-def _json_object(segment: str) -> dict[str, Any]:
-    try:
-        value = json.loads(b64url_decode(segment))
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedJWT("segment is not JSON") from None
-    if not isinstance(value, dict):
-        raise MalformedJWT("segment is not a JSON object")
-    return value
-
-
-def parse(token: str) -> ParsedJWT:
-    """Split and decode ``token`` without verifying anything; raise MalformedJWT."""
-    if len(token) > MAX_TOKEN_BYTES or _SHAPE.fullmatch(token) is None:
-        raise MalformedJWT("not three base64url segments")
-    head, body, sig = token.split(".")
-    signature = b64url_decode(sig)
-    if base64.urlsafe_b64encode(signature).rstrip(b"=") != sig.encode():
-        raise MalformedJWT("non-canonical signature encoding")
-    return ParsedJWT(_json_object(head), _json_object(body), f"{head}.{body}".encode(), signature)
-
-
-def verify_rsa(parsed: ParsedJWT, alg: str, key: RSAPublicKey) -> bool:
-    try:
-        key.verify(parsed.signature, parsed.signing_input, _PKCS1, RSA_HASHES[alg]())
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
-
-
 def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def encode_hs256(claims: dict[str, Any], secret: str) -> str:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def strict_json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a UTF-8 JSON object, or :class:`MalformedJWT`."""
+    try:
+        value = _DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, RecursionError, MemoryError):  # UnicodeDecodeError is a ValueError
+        raise MalformedJWT("not a UTF-8 JSON object") from None
+    if not isinstance(value, dict):
+        raise MalformedJWT("not a JSON object")
+    return value
+
+
+def parse(token: str) -> ParsedJWT:
+    """Split and decode ``token`` without verifying anything; raise :class:`MalformedJWT`."""
+    if len(token) > MAX_TOKEN_BYTES or _SHAPE.fullmatch(token) is None:
+        raise MalformedJWT("not three base64url segments")
+    head, body, sig = token.split(".")
+    if b64url_encode(b64url_decode(sig)) != sig:
+        raise MalformedJWT("non-canonical signature encoding")
+    return ParsedJWT(token, strict_json_object(b64url_decode(head)), read_payload(body))
+
+
+def read_payload(segment: str) -> dict[str, Any]:
+    return strict_json_object(b64url_decode(segment))
+
+
+def verify_rsa(parsed: ParsedJWT, alg: str, key: RSAPublicKey) -> bool:
+    """PyJWT's JWS check of the signature with ``alg`` (one of :data:`RSA_ALGORITHMS`)."""
+    try:
+        _JWS.decode_complete(parsed.token, key=key, algorithms=[alg])
+    except pyjwt.PyJWTError:
+        return False
+    return True
+
+
+def encode_hs256(claims: Mapping[str, Any], secret: str) -> str:
     """Sign ``claims`` as Tinybird expects: HS256 keyed with the workspace admin token."""
-    head = b64url_encode(b'{"alg":"HS256","typ":"JWT"}')
-    body = b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
-    signing_input = f"{head}.{body}".encode()
-    signature = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
-    return f"{head}.{body}.{b64url_encode(signature)}"
+    return pyjwt.encode(dict(claims), secret, algorithm="HS256")

@@ -1,24 +1,28 @@
 """The JWKS key-set policy: when to fetch, what to serve, how failures degrade.
 
-Pure state plus a clock; the drivers perform the fetches this object asks for (one at a time,
-shared by concurrent callers) and report back with :meth:`KeySet.loaded` / :meth:`KeySet.failed`.
+Pure state plus a clock. Verification asks :meth:`KeySet.lookup`; when it says "fetch", the
+verifier yields ``Join(key_set.fetch_key, ...)`` so concurrent callers share one
+:meth:`KeySet.fetch_flow`. ``generation`` changes whenever a load drops or replaces a key, so
+anything remembered about a token signed with that key can be re-checked cheaply.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Generator, Mapping
+import logging
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt import PyJWK, PyJWKError
 
 from .claims import Reason
-from .io import HttpRequest, HttpResponse, Op, RetryPolicy, request_with_retries
-from .jwt import MalformedJWT, b64url_decode
+from .ops import Clock, HttpRequest, HttpResponse, Op, RetryPolicy, request_with_retries
 
 __all__ = ["KeySet", "Lookup", "parse_jwks"]
+
+logger = logging.getLogger("clerk_tinybird_middleware")
 
 FRESH_FOR = 300.0  # a loaded key set is used without refetch for 5 minutes
 STALE_LIMIT = 3600.0  # after a failed refresh, keys are served until they are an hour old
@@ -30,52 +34,48 @@ UNREACHABLE_PAUSE = 5.0  # with no keys, after Clerk did not answer at all, fail
 @dataclass(frozen=True, slots=True)
 class Lookup:
     key: RSAPublicKey | None = None
-    fetch: str | None = None  # ask the driver to fetch, for this reason
+    fetch: str | None = None  # ask for a fetch, for this reason
     failure: str | None = None  # a reason code
 
 
-def _b64_int(value: Any) -> int:
-    if not isinstance(value, str) or not value:
-        raise ValueError("missing")
-    return int.from_bytes(b64url_decode(value), "big")
-
-
 def parse_jwks(body: bytes) -> dict[str, RSAPublicKey]:
-    """kid → key object for every well-formed RSA signing key; anything else is skipped."""
+    """kid → key object for every well-formed RSA signing key (PyJWT's JWK parser); anything
+    else is skipped."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     keys = document.get("keys") if isinstance(document, dict) else None
     result: dict[str, RSAPublicKey] = {}
     for jwk in keys if isinstance(keys, list) else ():
         if not isinstance(jwk, Mapping) or jwk.get("kty") != "RSA":
             continue
-        if jwk.get("use", "sig") != "sig" or not isinstance(jwk.get("kid"), str):
+        kid = jwk.get("kid")
+        if jwk.get("use", "sig") != "sig" or not isinstance(kid, str) or not kid:
             continue
         try:
-            numbers = RSAPublicNumbers(_b64_int(jwk.get("e")), _b64_int(jwk.get("n")))
-            result[jwk["kid"]] = numbers.public_key()
-        except (MalformedJWT, ValueError):
+            key = PyJWK(dict(jwk), algorithm="RS256").key  # kty RSA: only n and e are read
+        except (PyJWKError, ValueError, TypeError, KeyError):
             continue
+        if isinstance(key, RSAPublicKey):
+            result[kid] = key
     return result
+
+
+def _same_key(a: RSAPublicKey, b: RSAPublicKey) -> bool:
+    return a.public_numbers() == b.public_numbers()
 
 
 class KeySet:
     """Keys for one (API URL, secret key): never shared between middleware instances."""
 
-    def __init__(
-        self,
-        api_url: str,
-        secret_key: str,
-        *,
-        retry: RetryPolicy | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, api_url: str, secret_key: str, *, clock: Clock, retry: RetryPolicy) -> None:
         self._url = f"{api_url}/v1/jwks"
         self._headers = {"Authorization": f"Bearer {secret_key}", "Accept": "application/json"}
-        self._retry = retry or RetryPolicy()
+        self._retry = retry
         self.clock = clock
+        self.fetch_key = ("jwks", id(self))
+        self.generation = 0
         self._keys: dict[str, RSAPublicKey] = {}
         self._loaded_at: float | None = None
         self._failed_at: float | None = None
@@ -87,12 +87,16 @@ class KeySet:
     def __repr__(self) -> str:
         return f"KeySet(url={self._url!r}, kids={sorted(self._keys)!r})"
 
+    def current(self, kid: str) -> RSAPublicKey | None:
+        """The key now served for ``kid`` (no fetch, no policy): for re-checking memos."""
+        return self._keys.get(kid)
+
     def lookup(self, kid: str, *, may_fetch: bool = True) -> Lookup:
-        now = self.clock()
+        now = self.clock.monotonic()
         loaded = self._loaded_at
         if loaded is None or now - loaded >= STALE_LIMIT:  # no keys to serve
-            # A load in flight is joined (the driver shares it); after an unreachable Clerk,
-            # requests fail fast for a few seconds instead of each waiting out the budget.
+            # A load in flight is joined; after an unreachable Clerk, requests fail fast for a
+            # few seconds instead of each waiting out the budget.
             if may_fetch and (self._fetching or not self._unreachable_recently(now)):
                 return Lookup(fetch="load" if loaded is None else "stale")
             return Lookup(failure=self._failure)
@@ -113,19 +117,33 @@ class KeySet:
 
     def may_refetch_for_kid(self) -> bool:
         """First unknown kid after a load: yes; then once per MISS_WINDOW."""
-        return self._miss_fetch_at is None or self.clock() - self._miss_fetch_at >= MISS_WINDOW
+        miss = self._miss_fetch_at
+        return miss is None or self.clock.monotonic() - miss >= MISS_WINDOW
 
-    def fetch_flow(self, reason: str) -> Generator[Op, Any, None]:
-        """Fetch the JWKS and record the outcome."""
+    @property
+    def loads(self) -> tuple[float | None, float | None]:
+        """Changes with every load or failure (a caller that decided to fetch before one
+        finished need not fetch again)."""
+        return self._loaded_at, self._failed_at
+
+    def fetch_flow(
+        self, reason: str, seen: tuple[float | None, float | None] | None = None
+    ) -> Generator[Op, Any, None]:
+        """Fetch the JWKS and record the outcome — unless a fetch finished since ``seen``."""
+        if seen is not None and seen != self.loads:
+            return
+        logger.debug("clerk-tinybird: fetching the JWKS (%s)", reason)
         if reason in ("kid", "signature"):
-            self._miss_fetch_at = self.clock()
+            self._miss_fetch_at = self.clock.monotonic()
         self._fetching = True
         try:
-            response: HttpResponse = yield from request_with_retries(self._request, self._retry)
+            response: HttpResponse = yield from request_with_retries(
+                self._request, self._retry, self.clock
+            )
         finally:
             self._fetching = False
         if response.status == 0:
-            self._unreachable_at = self.clock()
+            self._unreachable_at = self.clock.monotonic()
             self.failed(Reason.JWK_LOAD_FAILED)
         elif response.status in (401, 403):
             self.failed(Reason.SECRET_KEY_INVALID)
@@ -139,19 +157,28 @@ class KeySet:
                 self.failed(Reason.JWK_LOAD_FAILED)
 
     def _request(self, timeout: float) -> HttpRequest:
-        return HttpRequest("GET", self._url, self._headers, timeout=timeout)
+        return HttpRequest("GET", self._url, self._headers, timeout=timeout, endpoint="jwks")
 
     def loaded(self, keys: dict[str, RSAPublicKey], *, reset_miss_window: bool = True) -> None:
-        self._keys = keys
-        self._loaded_at = self.clock()
+        old = self._keys
+        # Keep the objects of unchanged keys, so identity says "the same key" to memos.
+        merged = {
+            kid: old[kid] if kid in old and _same_key(old[kid], key) else key
+            for kid, key in keys.items()
+        }
+        if any(merged.get(kid) is not key for kid, key in old.items()):
+            self.generation += 1  # a key was dropped or replaced: memos must re-check
+        self._keys = merged
+        self._loaded_at = self.clock.monotonic()
         self._failed_at = None
         self._unreachable_at = None
         if reset_miss_window:
             self._miss_fetch_at = None
 
     def failed(self, reason: str) -> None:
-        self._failed_at = self.clock()
+        self._failed_at = self.clock.monotonic()
         self._failure = reason
         if self._loaded_at is not None and self._failed_at - self._loaded_at >= STALE_LIMIT:
             self._keys = {}
             self._loaded_at = None
+            self.generation += 1

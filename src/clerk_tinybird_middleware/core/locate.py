@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 __all__ = [
     "Located",
     "cookie_suffix",
     "frontend_api_from_publishable_key",
+    "js_parse_int",
     "locate",
     "parse_cookies",
 ]
@@ -21,6 +23,8 @@ class Located:
     token: str | None = field(repr=False)  # a session token: never in a repr
     from_cookie: bool
     client_uat: int | None  # None: no __client_uat cookie (or a header token)
+    cookies: dict[str, str] = field(default_factory=dict, repr=False)
+    suffixed: bool = False  # the suffixed cookie family (__session_<suffix>) is in use
 
 
 def cookie_suffix(publishable_key: str) -> str:
@@ -42,7 +46,7 @@ def frontend_api_from_publishable_key(publishable_key: str) -> str | None:
     except (binascii.Error, ValueError):
         return None
     host = decoded[:-1]
-    if not decoded.endswith("$") or not host or "/" in host or "$" in host:
+    if not decoded.endswith("$") or not host or "/" in host or "$" in host or "." not in host:
         return None
     return host
 
@@ -64,12 +68,27 @@ def parse_cookies(header: str) -> dict[str, str]:
     return cookies
 
 
+_JS_INT = re.compile(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|\d+)")
+
+
+def js_parse_int(text: str) -> int:
+    """JavaScript's ``Number.parseInt(text) || 0``, as Clerk reads ``__client_uat``:
+    leading digits count (``"12abc"`` → 12), ``0x`` means hex, anything else is 0."""
+    match = _JS_INT.match(text)
+    if match is None or len(match.group(2)) > 30:  # far beyond any timestamp: not a number
+        return 0
+    sign, digits = match.groups()
+    value = int(digits, 16) if digits[:2] in ("0x", "0X") else int(digits)
+    return -value if sign == "-" else value
+
+
 def _bearer(authorization: str) -> str | None:
+    """The token of ``Bearer <token>`` (any case), or a bare token; None for other schemes."""
     value = authorization.strip()
     scheme, sep, rest = value.partition(" ")
     if sep:
-        return rest.strip() or None if scheme.lower() == "bearer" else None
-    # No scheme at all: a bare JWT (Clerk's SDKs accept this too).
+        return (rest.strip() or None) if scheme.lower() == "bearer" else None
+    # No scheme at all: a bare JWT (Clerk's SDKs accept this too; other bare text is ignored).
     return value if value.count(".") == 2 else None
 
 
@@ -85,14 +104,13 @@ def locate(
         return Located(None, from_cookie=True, client_uat=None)
     cookies = parse_cookies(cookie)
     session = uat = None
+    suffixed = False
     if suffixed_names is not None:
-        session = cookies.get(suffixed_names[0])
+        session = cookies.get(suffixed_names[0]) or None
         uat = cookies.get(suffixed_names[1])
+        suffixed = session is not None or uat is not None
     session = session or cookies.get("__session") or None
     if uat is None:
         uat = cookies.get("__client_uat")
-    client_uat: int | None = None
-    if uat is not None:
-        # Clerk writes whole seconds; anything else counts as 0 (signed out), as in Clerk's SDKs.
-        client_uat = int(uat) if uat.isascii() and uat.isdigit() and len(uat) < 20 else 0
-    return Located(session, from_cookie=True, client_uat=client_uat)
+    client_uat = None if uat is None else js_parse_int(uat)
+    return Located(session, True, client_uat, cookies, suffixed)

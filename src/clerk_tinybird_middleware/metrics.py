@@ -1,0 +1,147 @@
+"""Metrics through the OpenTelemetry API (extra ``[otel]``), meter ``clerk_tinybird_middleware``.
+
+=====================================  =========  ==========================================
+instrument                              kind       attributes
+=====================================  =========  ==========================================
+``clerk_tinybird.requests``             counter    ``status`` (signed-in, signed-out,
+                                                   handshake), ``reason`` (a code, or ``none``)
+``clerk_tinybird.token_cache``          counter    ``result``: ``hit`` | ``miss`` | ``refresh``
+``clerk_tinybird.upstream_calls``       counter    ``endpoint`` (jwks, template, handshake),
+                                                   ``outcome`` (``ok`` or a reason code)
+``clerk_tinybird.upstream_duration``    histogram  ``endpoint``; seconds
+=====================================  =========  ==========================================
+
+No user, org, session or token value is ever an attribute. The per-request counters cost an
+integer increment: they are *observable* counters whose callbacks report the running totals
+when (and only if) an SDK collects them; without ``opentelemetry-api``, or with no SDK
+configured, nothing else happens. Upstream calls are rare and recorded directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core.request import RequestAuth
+
+__all__ = ["METER_NAME", "Metrics", "upstream_outcome"]
+
+logger = logging.getLogger("clerk_tinybird_middleware")
+
+METER_NAME = "clerk_tinybird_middleware"
+
+_JWKS = {401: "secret-key-invalid", 403: "secret-key-invalid"}
+_TEMPLATE = {401: "clerk-key-invalid", 403: "clerk-key-invalid", 429: "clerk-rate-limited"}
+
+
+def upstream_outcome(endpoint: str, status: int, body: bytes = b"") -> str:
+    """``ok`` or the reason code an upstream answer maps to."""
+    if 200 <= status < 300:
+        return "ok"
+    if endpoint == "jwks":
+        return _JWKS.get(status, "jwk-remote-failed-to-load")
+    if endpoint == "template":
+        if status == 404:
+            template = b"template" in body.lower()
+            return "clerk-template-not-found" if template else "clerk-session-not-found"
+        return _TEMPLATE.get(status, "clerk-unavailable")
+    return "session-token-missing"  # handshake: a failed payload signs the request out
+
+
+class Metrics:
+    """The counts of one middleware. Cheap to update; reported through OpenTelemetry."""
+
+    def __init__(self) -> None:
+        self.requests_warm = 0  # warm hits: signed in, token from the memo (counted apart)
+        self._warm_key = ("signed-in", "none")
+        self._requests: Counter[tuple[str, str]] = Counter()
+        self._cache: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._calls: Any = None
+        self._duration: Any = None
+        self._install()
+
+    def __repr__(self) -> str:
+        return f"Metrics(requests={sum(self._requests.values()) + self.requests_warm})"
+
+    def _install(self) -> None:
+        try:
+            from opentelemetry import metrics
+        except ImportError:
+            return
+        meter = metrics.get_meter(METER_NAME)
+        meter.create_observable_counter(
+            "clerk_tinybird.requests",
+            callbacks=[self._observe_requests],
+            unit="{request}",
+            description="Requests authenticated, by status and reason code",
+        )
+        meter.create_observable_counter(
+            "clerk_tinybird.token_cache",
+            callbacks=[self._observe_cache],
+            unit="{lookup}",
+            description="Tinybird token cache look-ups: hit, miss, refresh",
+        )
+        self._calls = meter.create_counter(
+            "clerk_tinybird.upstream_calls",
+            unit="{call}",
+            description="Calls to Clerk (JWKS, JWT template, handshake payload)",
+        )
+        self._duration = meter.create_histogram(
+            "clerk_tinybird.upstream_duration",
+            unit="s",
+            description="Duration of calls to Clerk",
+        )
+
+    # -- recording ------------------------------------------------------------------------------
+
+    def request(self, result: RequestAuth) -> None:
+        auth = result.auth
+        key = (auth.status, auth.reason or "none")
+        with self._lock:
+            self._requests[key] += 1
+
+    def cache_result(self, result: str) -> None:
+        with self._lock:
+            self._cache[result] += 1
+
+    def upstream(self, endpoint: str, status: int, body: bytes, seconds: float) -> None:
+        if self._calls is None:
+            return
+        outcome = upstream_outcome(endpoint, status, body)
+        self._calls.add(1, {"endpoint": endpoint, "outcome": outcome})
+        self._duration.record(seconds, {"endpoint": endpoint})
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def totals(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            counts = dict(self._requests)
+        if self.requests_warm:
+            counts[self._warm_key] = counts.get(self._warm_key, 0) + self.requests_warm
+        return counts
+
+    def cache_totals(self) -> dict[str, int]:
+        with self._lock:
+            counts = dict(self._cache)
+        counts["hit"] = counts.get("hit", 0) + self.requests_warm
+        return counts
+
+    def _observe_requests(self, options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        return [
+            Observation(count, {"status": status, "reason": reason})
+            for (status, reason), count in self.totals().items()
+        ]
+
+    def _observe_cache(self, options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        return [
+            Observation(count, {"result": result}) for result, count in self.cache_totals().items()
+        ]
