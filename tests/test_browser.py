@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from clerk_tinybird_middleware import demo
-from conftest import need_binary
+from services import need_binary
 
 pytestmark = pytest.mark.browser
 

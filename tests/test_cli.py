@@ -16,8 +16,8 @@ import pytest
 
 from clerk_tinybird_middleware.cli import main
 from clerk_tinybird_middleware.testing import FakeClerk, FakeTinybird
+from constants import ADMIN_TOKEN
 
-ADMIN_TOKEN = "p.cli-test-admin-token-not-a-real-one"
 WORKSPACE = "6a1f0d6e-0000-4000-8000-00000000c11e"
 SCOPES = json.dumps(
     [

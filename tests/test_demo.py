@@ -17,7 +17,7 @@ import pytest
 
 from clerk_tinybird_middleware import demo
 from clerk_tinybird_middleware.cli import main
-from conftest import free_port
+from services import free_port
 
 ALICE, BOB, CAROL, DAVE = "user_alice", "user_bob", "user_carol", "user_dave"
 

@@ -42,8 +42,9 @@ from clerk_tinybird_middleware.core.claims import Reason
 from clerk_tinybird_middleware.core.ops import RetryPolicy
 from clerk_tinybird_middleware.core.tokens import TokenError
 from clerk_tinybird_middleware.testing import FakeClerk
-from conftest import RedisServer, free_port
-from test_secrets import LeakWatch, summary, watch_for_leaks
+from constants import ADMIN_TOKEN
+from leaks import LeakWatch, summary, watch_for_leaks
+from services import RedisServer, free_port
 
 REQUESTS = 500
 CONCURRENCY = 50
@@ -52,7 +53,6 @@ SHORT_BUDGET = 0.3
 DEFAULT_BUDGET = 3.0
 TABLE = "faults: outcomes per fault (500 requests at concurrency 50 unless noted)"
 
-ADMIN_TOKEN = "p.faults-admin-token-" + "0123456789abcdef" * 3
 OK = (200, None)  # a token
 UNAVAILABLE = (200, TokenError.UNAVAILABLE)
 

@@ -54,7 +54,8 @@ from clerk_tinybird_middleware.testing.fake_clerk import (
     SESSION_CATEGORY,
     TEMPLATE_CATEGORY,
 )
-from test_secrets import LeakWatch, summary, watch_for_leaks
+from constants import ADMIN_TOKEN
+from leaks import LeakWatch, summary, watch_for_leaks
 
 TARGET_EXAMPLES = 10_000
 EXAMPLES: Counter[str] = Counter()  # examples run, per property and middleware
@@ -68,7 +69,6 @@ RAN: set[str] = set()
 
 AZP = "http://localhost:3000"
 SKEW = 5
-ADMIN_TOKEN = "p.fuzz-admin-token-" + "0123456789abcdef" * 3
 REASONS = frozenset(v for k, v in vars(Reason).items() if k.isupper() and isinstance(v, str))
 TOKEN_ERRORS = frozenset(
     v for k, v in vars(TokenError).items() if k.isupper() and isinstance(v, str)

@@ -25,9 +25,8 @@ from clerk_tinybird_middleware import (
 from clerk_tinybird_middleware.fastapi import SessionDep
 from clerk_tinybird_middleware.testing import FakeClerk
 from clerk_tinybird_middleware.wsgi import ClerkTinybirdWSGIMiddleware
+from constants import ADMIN_TOKEN as ADMIN
 from support import bearer, client, jwt_claims, state_app
-
-ADMIN = "p.admin-token-of-the-workspace-long-enough-for-hs256"
 
 
 class Upstream:

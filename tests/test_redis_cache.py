@@ -33,7 +33,7 @@ from clerk_tinybird_middleware import (
 )
 from clerk_tinybird_middleware.core.tokens import cache_key
 from clerk_tinybird_middleware.testing import FakeClerk
-from conftest import RedisServer, free_port
+from services import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from clerk_tinybird_middleware.testing import FakeClerk
-from conftest import RedisServer, free_port
+from services import RedisServer, free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

@@ -20,10 +20,10 @@ from clerk_tinybird_middleware import (
 from clerk_tinybird_middleware.core.tokens import Held
 from clerk_tinybird_middleware.engine import Engine
 from clerk_tinybird_middleware.testing import FakeClerk, FakeTinybird
+from constants import ADMIN_TOKEN as ADMIN
 from flows import FakeClock, Stepper, answer, bearer_request, loopback
 from support import bearer, client, jwt_claims, state_app
 
-ADMIN = "p.admin-token-of-the-workspace-long-enough-for-hs256"
 SCOPES = [
     {
         "type": "PIPES:READ",

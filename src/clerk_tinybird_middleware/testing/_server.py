@@ -36,7 +36,8 @@ def serve_wsgi(app: WSGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator
     server = make_server(
         host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
     )
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    # shutdown() waits for one poll: keep it short (tests start and stop many servers)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
     thread.daemon = True
     thread.start()
     try:

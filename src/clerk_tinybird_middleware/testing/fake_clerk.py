@@ -95,9 +95,13 @@ class _Key:
         }
 
 
-def _new_key() -> _Key:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return _Key(f"ins_{secrets.token_hex(12)}", private)
+def new_signing_key() -> rsa.RSAPrivateKey:
+    """A fresh RSA key like Clerk's (2048 bits); tens of milliseconds of CPU."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _new_key(private: rsa.RSAPrivateKey | None = None) -> _Key:
+    return _Key(f"ins_{secrets.token_hex(12)}", private or new_signing_key())
 
 
 class FakeClerk(LoopbackFake):
@@ -112,13 +116,16 @@ class FakeClerk(LoopbackFake):
         *,
         frontend_api: str = "clerk.fake-app.lcl.dev",
         secret_key: str | None = None,
+        signing_key: rsa.RSAPrivateKey | None = None,
     ) -> None:
+        """``signing_key``: reuse an RSA key (a test suite can make one per session); the
+        instance still gets a ``kid`` of its own."""
         self.frontend_api = frontend_api
         self.issuer = f"https://{frontend_api}"
         self.publishable_key = "pk_test_" + base64.b64encode(f"{frontend_api}$".encode()).decode()
         self.secret_key = issue(secret_key or f"sk_test_{secrets.token_urlsafe(30)}")
         self._lock = threading.Lock()
-        self._keys = [_new_key()]
+        self._keys = [_new_key(signing_key)]
         self._templates: dict[str, _Template] = {}
         self._sessions: dict[str, dict[str, Any]] = {}
         self._faults: dict[str, list[Fault]] = {}
