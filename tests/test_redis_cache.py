@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import socket
@@ -34,6 +35,7 @@ from clerk_tinybird_middleware import (
 from clerk_tinybird_middleware.core.tokens import cache_key
 from clerk_tinybird_middleware.testing import FakeClerk
 from services import RedisServer, free_port
+from support import jwt_claims
 
 pytestmark = pytest.mark.redis
 
@@ -262,6 +264,53 @@ async def test_an_unreadable_value_is_a_miss(
     raw = store.get(value_key)
     assert raw is not None
     assert stored_value(raw)["jwt"] == token  # replaced by the good one
+
+
+async def test_a_value_copied_under_another_tenants_key_is_refused(
+    fake_clerk: FakeClerk, redis_server: RedisServer, caches: Any, store: redis.Redis
+) -> None:
+    """An attacker who can write Redis copies tenant B's value under tenant A's key: the HMAC
+    binds a value to its key, so A never receives B's token (it fetches its own)."""
+    cache = caches(redis_server.url)
+    app = asgi(fake_clerk, cache)
+    [token_b] = await get_tokens([app], [(0, session(fake_clerk, 8))])
+    value_b = store.get(redis_keys(app, cache, 8)[0])
+    assert value_b is not None
+    cache.local.clear()
+    store.set(redis_keys(app, cache, 9)[0], value_b, px=60_000)
+
+    [token_a] = await get_tokens([app], [(0, session(fake_clerk, 9))])
+
+    assert token_a is not None
+    assert token_a != token_b
+    assert jwt_claims(token_a)["scopes"][0]["fixed_params"]["org"] == "acme-9"
+    assert fake_clerk.calls["template"] == 2
+
+
+@pytest.mark.parametrize("exp", [1e20, float("nan"), -1, "soon"])
+async def test_a_bound_value_with_an_absurd_exp_is_a_miss_not_an_error(
+    fake_clerk: FakeClerk, redis_server: RedisServer, caches: Any, store: redis.Redis, exp: Any
+) -> None:
+    """Even a correctly signed value (a bug, or a leaked secret) with an exp no datetime can
+    hold does not block the tenant: it is unreadable, so a miss."""
+    cache = caches(redis_server.url)
+    app = asgi(fake_clerk, cache)
+    [_first] = await get_tokens([app], [(0, session(fake_clerk, 10))])
+    value_key = redis_keys(app, cache, 10)[0]
+    raw = store.get(value_key)
+    assert raw is not None
+    data = stored_value(raw)
+    data["exp"] = exp
+    body = json.dumps(data).encode()
+    secret = app.engine.broker._secret if app.engine.broker else b""
+    mac = hmac.new(secret, value_key.encode() + b"\x00" + body, hashlib.sha256).hexdigest()
+    store.set(value_key, mac.encode() + b"." + body, px=60_000)
+    cache.local.clear()
+
+    [again] = await get_tokens([app], [(0, session(fake_clerk, 10))])
+
+    assert again is not None
+    assert fake_clerk.calls["template"] == 2  # refetched, never a clerk-unavailable
 
 
 # -- locks -----------------------------------------------------------------------------------

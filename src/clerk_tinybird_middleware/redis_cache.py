@@ -17,12 +17,14 @@ Nothing else is stored, and every key has a TTL.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import math
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -32,8 +34,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 try:
     import redis
+    import redis.cluster
+    import redis.connection
     from redis.backoff import NoBackoff
     from redis.connection import parse_url
+    from redis.exceptions import RedisClusterException, ResponseError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
@@ -61,9 +66,10 @@ if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 return 1
 """
-# What a Redis outage looks like from redis-py: its own errors, plus socket errors that slip
-# through on some platforms. Never caught around the token fetch itself.
-_REDIS_ERRORS = (redis.RedisError, OSError)
+# What a Redis outage looks like from redis-py: its own errors, the cluster client's (which do
+# not derive from RedisError: bootstrap, slot coverage), and socket errors that slip through
+# on some platforms. Never caught around the token fetch itself.
+_REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError)
 _REASON = "redis-unavailable"
 _REDIS_THREADS = 8
 
@@ -86,34 +92,100 @@ def _redact(url: str) -> str:
         return "<unparsable redis url>"
 
 
+@functools.lru_cache(maxsize=8)
+def _tls_context(ca_certs: str | None, cert_reqs: str, check_hostname: bool) -> ssl.SSLContext:
+    """One TLS context per process and CA (loading CAs costs ~25 ms of CPU; redis-py would
+    build a context for every connection). Only your CA is trusted when you name one."""
+    context = ssl.create_default_context(cafile=ca_certs)
+    context.verify_mode = {
+        "none": ssl.CERT_NONE,
+        "optional": ssl.CERT_OPTIONAL,
+        "required": ssl.CERT_REQUIRED,
+    }.get(cert_reqs, ssl.CERT_REQUIRED)
+    context.check_hostname = check_hostname and context.verify_mode != ssl.CERT_NONE
+    return context
+
+
+def _shared_tls_connection(context: ssl.SSLContext) -> type[redis.connection.Connection]:
+    class SharedTLSConnection(redis.connection.SSLConnection):
+        def _connect(self) -> Any:
+            sock = redis.connection.Connection._connect(self)  # type: ignore[no-untyped-call]
+            try:
+                return context.wrap_socket(sock, server_hostname=self.host)
+            except BaseException:
+                sock.close()
+                raise
+
+    return SharedTLSConnection
+
+
 class RedisConnection:
-    """One pooled redis-py client per process, for both drivers.
+    """One pooled redis-py client per process, for both drivers — standalone or Cluster.
 
     The blocking driver calls it directly; the async driver runs each command on a small
     thread pool of its own, so nothing is bound to an event loop (test clients and servers
-    may start several) and one pool of connections — and TLS contexts, for ``rediss://`` —
-    serves the whole process instead of one per request or per loop.
+    may start several), connections are made off the loop, and one pool of connections — and
+    one TLS context, for ``rediss://`` — serves the whole process. Cluster mode is detected
+    on first connect (``CLUSTER INFO``); then redis-py's ``RedisCluster`` routes each tenant's
+    keys (one hash slot per tenant) and follows MOVED/ASK.
     """
 
     def __init__(self, url: str, *, socket_timeout: float) -> None:
         self.url = url
         self.socket_timeout = socket_timeout
+        self.cluster: bool | None = None  # None: not connected yet
+        self.tls_contexts = 0  # TLS contexts this connection built (for tests and docs)
         self._client: Any = None
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
-        return f"RedisConnection(url={_redact(self.url)!r})"
+        mode = {None: "unknown", True: "cluster", False: "standalone"}[self.cluster]
+        return f"RedisConnection(url={_redact(self.url)!r}, mode={mode})"
+
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_timeout,
+            "retry": Retry(NoBackoff(), 0),  # fail fast: the cache's bypass absorbs failover
+        }
+        url_options = parse_url(self.url)  # type: ignore[no-untyped-call]
+        if url_options.get("connection_class") is redis.connection.SSLConnection:
+            before = _tls_context.cache_info().currsize
+            context = _tls_context(
+                url_options.get("ssl_ca_certs"),
+                str(url_options.get("ssl_cert_reqs") or "required"),
+                bool(url_options.get("ssl_check_hostname", True)),
+            )
+            self.tls_contexts += _tls_context.cache_info().currsize - before
+            options["connection_class"] = _shared_tls_connection(context)
+        return options
+
+    def _is_cluster(self, options: dict[str, Any]) -> bool:
+        probe = redis.Redis.from_url(self.url, **options)
+        try:
+            probe.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+        except ResponseError:  # cluster support disabled, or not allowed: standalone
+            return False
+        finally:
+            probe.close()
+        return True
 
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = redis.Redis.from_url(
-                    self.url,
-                    socket_timeout=self.socket_timeout,
-                    socket_connect_timeout=self.socket_timeout,
-                    retry=Retry(NoBackoff(), 0),
-                )
+                options = self._options()
+                cluster = self._is_cluster(options)  # connection errors propagate: ask again
+                if cluster:
+                    plain = "redis://" + self.url.split("://", 1)[1].split("?", 1)[0]
+                    self._client = redis.cluster.RedisCluster(
+                        url=plain if "connection_class" in options else self.url,
+                        require_full_coverage=False,
+                        **options,
+                    )
+                else:
+                    self._client = redis.Redis.from_url(self.url, **options)
+                self.cluster = cluster
             return self._client
 
     def sync_call(self, op: RedisCall) -> Any:
@@ -162,7 +234,14 @@ class RedisTokenCache:
     and a warning is logged at most every 30 s. After a failure Redis is skipped for
     ``bypass_seconds`` so a dead server does not add a timeout to every cold request.
 
-    :param url: ``redis://``, ``rediss://`` or ``unix://`` URL of a server.
+    **Redis Cluster / Valkey Cluster.** Give the URL of any node: cluster mode is detected on
+    first connect. A tenant's value and lock share one hash slot, so the two-key scripts work;
+    the instance-wide pause key lives in a slot of its own. A failed node costs the requests of
+    its slots nothing but a direct fetch while the cluster fails over (bypass, as above).
+
+    :param url: ``redis://``, ``rediss://`` or ``unix://`` URL of a server or of any node of a
+        cluster; ``rediss://`` options as redis-py reads them (``ssl_ca_certs``,
+        ``ssl_cert_reqs``, ``ssl_check_hostname`` — hostnames are checked unless you say no).
     :param prefix: namespace of every key.
     :param lock_timeout: lock lifetime in seconds; must exceed the upstream budget (3 s).
     :param poll_interval: seconds between a waiter's looks at Redis.
