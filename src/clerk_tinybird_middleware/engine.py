@@ -70,6 +70,7 @@ class Engine:
         self.source = parts.source
         self.cache = parts.cache
         self.metrics = Metrics()
+        self._totals = self.metrics.totals
         self.broker = (
             TokenBroker(
                 parts.source,
@@ -133,7 +134,7 @@ class Engine:
             if held.live:
                 held.used = True  # the token cache's LRU sees this tenant as active
                 seen.verified.used = True
-                self.metrics.requests_warm += 1
+                self._totals.warm += 1
                 return seen.result  # type: ignore[no-any-return]
         return None
 

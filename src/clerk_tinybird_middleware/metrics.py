@@ -12,14 +12,15 @@ instrument                              kind       attributes
 =====================================  =========  ==========================================
 
 No user, org, session or token value is ever an attribute. The per-request counters cost an
-integer increment: they are *observable* counters whose callbacks report the running totals
-when (and only if) an SDK collects them; without ``opentelemetry-api``, or with no SDK
-configured, nothing else happens. Upstream calls are rare and recorded directly.
+integer increment: they are *observable* counters whose callbacks report the process's running
+totals when (and only if) an SDK collects them; without ``opentelemetry-api``, or with no SDK
+configured, nothing else happens. Upstream calls are rare and recorded directly. Instruments
+are created once per process (an SDK keeps the first instrument of a name), so every
+middleware of the process adds to the same totals.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from .core.request import RequestAuth
 
 __all__ = ["METER_NAME", "Metrics", "upstream_outcome"]
-
-logger = logging.getLogger("clerk_tinybird_middleware")
 
 METER_NAME = "clerk_tinybird_middleware"
 
@@ -52,23 +51,23 @@ def upstream_outcome(endpoint: str, status: int, body: bytes = b"") -> str:
     return "session-token-missing"  # handshake: a failed payload signs the request out
 
 
-class Metrics:
-    """The counts of one middleware. Cheap to update; reported through OpenTelemetry."""
+class _Totals:
+    """The process's counts (every middleware adds to them)."""
 
     def __init__(self) -> None:
-        self.requests_warm = 0  # warm hits: signed in, token from the memo (counted apart)
-        self._warm_key = ("signed-in", "none")
-        self._requests: Counter[tuple[str, str]] = Counter()
-        self._cache: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._calls: Any = None
-        self._duration: Any = None
-        self._install()
+        self.warm = 0  # warm hits: signed in, token from the memo (the one hot increment)
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.cache: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.calls: Any = None
+        self.duration: Any = None
+        self.installed = False
 
-    def __repr__(self) -> str:
-        return f"Metrics(requests={sum(self._requests.values()) + self.requests_warm})"
-
-    def _install(self) -> None:
+    def install(self) -> None:
+        with self.lock:
+            if self.installed:
+                return
+            self.installed = True
         try:
             from opentelemetry import metrics
         except ImportError:
@@ -86,49 +85,30 @@ class Metrics:
             unit="{lookup}",
             description="Tinybird token cache look-ups: hit, miss, refresh",
         )
-        self._calls = meter.create_counter(
+        self.calls = meter.create_counter(
             "clerk_tinybird.upstream_calls",
             unit="{call}",
             description="Calls to Clerk (JWKS, JWT template, handshake payload)",
         )
-        self._duration = meter.create_histogram(
+        self.duration = meter.create_histogram(
             "clerk_tinybird.upstream_duration",
             unit="s",
             description="Duration of calls to Clerk",
         )
 
-    # -- recording ------------------------------------------------------------------------------
-
-    def request(self, result: RequestAuth) -> None:
-        auth = result.auth
-        key = (auth.status, auth.reason or "none")
-        with self._lock:
-            self._requests[key] += 1
-
-    def cache_result(self, result: str) -> None:
-        with self._lock:
-            self._cache[result] += 1
-
-    def upstream(self, endpoint: str, status: int, body: bytes, seconds: float) -> None:
-        if self._calls is None:
-            return
-        outcome = upstream_outcome(endpoint, status, body)
-        self._calls.add(1, {"endpoint": endpoint, "outcome": outcome})
-        self._duration.record(seconds, {"endpoint": endpoint})
-
-    # -- reporting ------------------------------------------------------------------------------
-
-    def totals(self) -> dict[tuple[str, str], int]:
-        with self._lock:
-            counts = dict(self._requests)
-        if self.requests_warm:
-            counts[self._warm_key] = counts.get(self._warm_key, 0) + self.requests_warm
+    def request_totals(self) -> dict[tuple[str, str], int]:
+        with self.lock:
+            counts = dict(self.requests)
+        key = ("signed-in", "none")
+        if self.warm:
+            counts[key] = counts.get(key, 0) + self.warm
         return counts
 
     def cache_totals(self) -> dict[str, int]:
-        with self._lock:
-            counts = dict(self._cache)
-        counts["hit"] = counts.get("hit", 0) + self.requests_warm
+        with self.lock:
+            counts = dict(self.cache)
+        if self.warm:
+            counts["hit"] = counts.get("hit", 0) + self.warm
         return counts
 
     def _observe_requests(self, options: Any) -> Iterable[Any]:
@@ -136,12 +116,49 @@ class Metrics:
 
         return [
             Observation(count, {"status": status, "reason": reason})
-            for (status, reason), count in self.totals().items()
+            for (status, reason), count in self.request_totals().items()
         ]
 
     def _observe_cache(self, options: Any) -> Iterable[Any]:
         from opentelemetry.metrics import Observation
 
-        return [
-            Observation(count, {"result": result}) for result, count in self.cache_totals().items()
-        ]
+        totals = self.cache_totals().items()
+        return [Observation(count, {"result": result}) for result, count in totals]
+
+
+TOTALS = _Totals()
+
+
+class Metrics:
+    """What one middleware records (into the process's totals)."""
+
+    __slots__ = ("totals",)
+
+    def __init__(self) -> None:
+        TOTALS.install()
+        self.totals = TOTALS
+
+    def __repr__(self) -> str:
+        return f"Metrics(requests={sum(self.totals.request_totals().values())})"
+
+    def warm_hit(self) -> None:
+        self.totals.warm += 1
+
+    def request(self, result: RequestAuth) -> None:
+        auth = result.auth
+        totals = self.totals
+        with totals.lock:
+            totals.requests[auth.status, auth.reason or "none"] += 1
+
+    def cache_result(self, result: str) -> None:
+        totals = self.totals
+        with totals.lock:
+            totals.cache[result] += 1
+
+    def upstream(self, endpoint: str, status: int, body: bytes, seconds: float) -> None:
+        totals = self.totals
+        if totals.calls is None:
+            return
+        outcome = upstream_outcome(endpoint, status, body)
+        totals.calls.add(1, {"endpoint": endpoint, "outcome": outcome})
+        totals.duration.record(seconds, {"endpoint": endpoint})
