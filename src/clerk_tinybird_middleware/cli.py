@@ -1,10 +1,12 @@
-"""``clerk-tinybird``: run the demo, decode a JWT, mint a Tinybird JWT locally.
+"""``clerk-tinybird``: check the configuration, run the demo, decode a JWT, mint a Tinybird JWT.
 
-    clerk-tinybird demo [--app starlette|flask] [--host 127.0.0.1] [--port 8000]
+    clerk-tinybird check [--online]  every configuration rule; --online: the JWKS and template
+    clerk-tinybird demo [--app starlette|flask|django] [--host 127.0.0.1] [--port 8000]
     clerk-tinybird decode JWT        (or ``-`` to read it from stdin, out of your shell history)
     clerk-tinybird mint --user U [--org-id O --org-slug S] [--org-role R]
 
-Exit codes: 0 ok, 1 the demo stopped with an error, 2 bad input or configuration.
+Exit codes: 0 ok, 1 problems found (check) or the demo stopped with an error, 2 bad input or
+configuration.
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    check = commands.add_parser(
+        "check",
+        help="check the configuration in the environment (and, with --online, against Clerk)",
+        description="Check every configuration rule against the environment: one line per "
+        "finding, naming the variable to fix. --online also fetches the JWKS with "
+        "CLERK_SECRET_KEY and reads the JWT template from Clerk. Exit 0 clean, 1 problems.",
+    )
+    check.add_argument("--online", action="store_true", help="also ask Clerk (JWKS, template)")
+    check.set_defaults(run=_check)
+
     demo = commands.add_parser(
         "demo",
         help="run the example app with a fake Clerk and a fake Tinybird on this machine",
@@ -89,6 +101,40 @@ def _parser() -> argparse.ArgumentParser:
     mint.add_argument("--session-id", default="sess_cli", help="{{session.id}} (default sess_cli)")
     mint.set_defaults(run=_mint)
     return parser
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+_MARKS = {"ok": ("✓", "32"), "warning": ("!", "33"), "error": ("✗", "31")}
+
+
+def _check(args: argparse.Namespace) -> int:
+    import os
+
+    from .checks import offline, online
+    from .core.ops import SystemClock
+
+    findings = offline(os.environ, SystemClock())
+    if args.online and not any(f.level == "error" for f in findings):
+        from .drivers import SyncDriver
+
+        driver = SyncDriver()
+        try:
+            findings += driver.run(online(Settings.from_env()))
+        finally:
+            driver.close()
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    for finding in findings:
+        mark, code = _MARKS[finding.level]
+        print(
+            f"\033[{code}m{mark}\033[0m {finding.message}"
+            if colour
+            else f"{mark} {finding.message}"
+        )
+    errors = sum(f.level == "error" for f in findings)
+    warnings = sum(f.level == "warning" for f in findings)
+    print(f"{errors} problem(s), {warnings} warning(s)")
+    return 1 if errors else 0
 
 
 # -- decode --------------------------------------------------------------------------------------
