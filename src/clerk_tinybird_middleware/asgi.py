@@ -94,8 +94,8 @@ class ClerkTinybirdMiddleware:
             return
         engine = self.engine
         headers = scope["headers"]
-        method = scope.get("method", "GET")
-        if method == "OPTIONS" or engine.skips_paths:
+        if scope.get("method") == "OPTIONS" or engine.skips_paths:
+            method = scope.get("method", "GET")
             preflight = method == "OPTIONS" and is_preflight(
                 _header(headers, b"origin"), _header(headers, b"access-control-request-method")
             )
@@ -114,15 +114,18 @@ class ClerkTinybirdMiddleware:
             result = await self.driver.run(engine.cold(view))
         state = scope.get("state")
         if state is None:
-            scope["state"] = state = {}
-        state.update(result.state)
+            scope["state"] = dict(result.state)
+        else:
+            state.update(result.state)
         if result.answer is not None:
             await self._answer(kind, result, send)
             return
         if not result.tail or kind != "http":
             await self.app(scope, receive, send)
             return
-        tail = self._rule.encoded(result.tail)
+        tail = result.encoded.get("asgi")
+        if tail is None:
+            tail = result.encoded["asgi"] = self._rule.encoded(result.tail)
         merge = self._rule.merge
 
         def send_with_token(message: Message) -> Awaitable[None]:

@@ -85,6 +85,9 @@ class Engine:
         self.handshake = parts.handshake
         self._cookie_names = parts.cookie_names
         self.memo = SessionMemo() if memo_bytes is None else SessionMemo(memo_bytes)
+        self._seen = self.memo.peek  # the warm path's one read (no Python frame of its own)
+        self._now = self.clock.time
+        self._missing = signed_out(Reason.TOKEN_MISSING)
         self.require_auth = settings.require_auth
         self.token_header = settings.token_header
         self._anonymous = parts.anonymous
@@ -122,20 +125,24 @@ class Engine:
         if query and self.handshake is not None and _mentions_clerk(query):
             return None  # a handshake or dev-browser parameter: the cold path reads it
         if authorization is None and cookie is None:
-            result = self._signed_out_result(signed_out(Reason.TOKEN_MISSING))
+            result = self._signed_out_result(self._missing)
             self.metrics.request(result)
             return result
-        seen = self.memo.get((authorization, cookie))
-        if seen is None or seen.result is None:
+        seen = self._seen((authorization, cookie))
+        if seen is None:
             return None
-        now = self.clock.time()
-        if seen.since <= now < seen.until and seen.generation == self._generation.generation:
-            held = seen.held
-            if held.live:
-                held.used = True  # the token cache's LRU sees this tenant as active
-                seen.verified.used = True
-                self._totals.warm += 1
-                return seen.result  # type: ignore[no-any-return]
+        result = seen.result
+        now = self._now()
+        if (
+            result is not None
+            and seen.since <= now < seen.until
+            and seen.generation == self._generation.generation
+            and seen.held.live
+        ):
+            # Recency for both LRUs (the memo's and the token cache's), read with no lock.
+            seen.used = seen.held.used = seen.verified.used = True
+            self._totals.warm += 1
+            return result  # type: ignore[no-any-return]
         return None
 
     # -- the cold path -------------------------------------------------------------------------

@@ -130,7 +130,9 @@ class ClerkTinybirdWSGIMiddleware:
             return [answer.body]
         if not result.tail:
             return self.wsgi_app(environ, start_response)
-        tail = self.rule.encoded(result.tail)
+        tail = result.encoded.get("wsgi")
+        if tail is None:
+            tail = result.encoded["wsgi"] = self.rule.encoded(result.tail)
         merge = self.rule.merge
 
         def start_with_token(

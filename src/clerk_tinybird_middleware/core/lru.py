@@ -43,6 +43,8 @@ class LRU(Generic[K, E]):
         self._lock = threading.Lock()
         self._on_evict = on_evict
         self.evictions = 0
+        #: A read that leaves ``used`` alone (the caller sets it when the entry serves).
+        self.peek: Callable[[K], E | None] = self._data.get
 
     def __len__(self) -> int:
         return len(self._data)

@@ -16,7 +16,7 @@ simply not remembered: 4,095 cookie variants of one token cost 4 entries, not 4,
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -101,6 +101,8 @@ class SessionMemo:
         self.tokens_per_user = tokens_per_user
         self.requests_per_token = requests_per_token
         self._lru: LRU[Hashable, Entry] = LRU(max_bytes, on_evict=self._evicted)
+        #: A read that does not mark the entry used (the caller does, when it uses it).
+        self.peek: Callable[[Hashable], Any] = self._lru.peek
         self._by_user: dict[str, list[str]] = {}
         self._lock = threading.RLock()
 

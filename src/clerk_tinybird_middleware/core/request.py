@@ -73,6 +73,8 @@ class RequestAuth:
     answer: Answer | None = None
     tail: tuple[tuple[str, str], ...] = ()
     state: Mapping[str, Any] = field(init=False, repr=False, compare=False)
+    #: Each edge's encoding of ``tail`` (bytes for ASGI), made once per result.
+    encoded: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         values = (self.auth, self.auth.session, self.token, self.error, self.retry_after)

@@ -169,16 +169,19 @@ class HeaderRule(Generic[AnyStr]):
         """The handler's headers with ours."""
         merged: list[tuple[AnyStr, AnyStr]] = []
         vary: list[AnyStr] | None = None
-        drop = self._drop
-        for name, value in headers:
-            lower = name.lower()
-            if lower == self._vary:
+        drop, vary_name = self._drop, self._vary
+        for pair in headers:
+            name = pair[0]
+            lower = name if name.islower() else name.lower()  # most servers send lower case
+            if lower in drop:
+                continue
+            if lower == vary_name:
                 vary = vary or []
-                vary.extend(v.strip() for v in value.split(self._comma) if v.strip())
-            elif lower not in drop:
-                merged.append((name, value))
+                vary.extend(v.strip() for v in pair[1].split(self._comma) if v.strip())
+            else:
+                merged.append(pair)
         merged.append(self._default_vary if vary is None else self._merged_vary(vary))
-        merged.extend(tail)
+        merged += tail
         return merged
 
     def _merged_vary(self, vary: list[AnyStr]) -> tuple[AnyStr, AnyStr]:
