@@ -169,17 +169,17 @@ def test_a_user_keeps_at_most_eight_tokens(fake_clerk: FakeClerk) -> None:
 
 def test_the_memo_byte_bound_evicts_least_recently_used(fake_clerk: FakeClerk) -> None:
     clock = FakeClock()
-    engine = Engine(Settings(jwt_key=fake_clerk.public_key_pem), clock=clock, memo_bytes=200_000)
+    engine = Engine(Settings(jwt_key=fake_clerk.public_key_pem, memo_max_mb=1), clock=clock)
     stepper = Stepper(clock)
     hot = bearer_request(fake_clerk.session_token("hot", lifetime=3600))
     answer(engine, stepper, hot)
-    for n in range(200):
-        answer(
-            engine, stepper, bearer_request(fake_clerk.session_token(f"cold_{n}", lifetime=3600))
-        )
+    tokens = [fake_clerk.session_token(f"cold_{n}", lifetime=3600) for n in range(600)]
+    for token in tokens:
+        answer(engine, stepper, bearer_request(token))
         assert engine.warm(None, hot.authorization, None) is not None  # used: kept
-    assert engine.memo.bytes <= 200_000
-    assert len(engine.memo) < 200
+    assert engine.memo.bytes <= 2**20
+    assert engine.memo.get(tokens[0]) is None  # the least recently used went first
+    assert engine.memo.get(tokens[-1]) is not None
 
 
 def test_payload_json_is_strict_utf8() -> None:

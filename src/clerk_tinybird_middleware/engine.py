@@ -14,7 +14,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from .core import handshake as hs
-from .core.claims import Reason, time_failure
+from .core.claims import Reason, times_failure
 from .core.locate import Located, locate
 from .core.lru import Entry
 from .core.memo import SessionMemo, Verified
@@ -55,7 +55,6 @@ class Engine:
         token_source: TokenSource | None = None,
         token_cache: TokenCache | None = None,
         clock: Clock | None = None,
-        memo_bytes: int | None = None,
         **setting_overrides: Unpack[SettingOverrides],
     ) -> None:
         settings = (settings or Settings.from_env()).replace(**setting_overrides)
@@ -84,7 +83,7 @@ class Engine:
         )
         self.handshake = parts.handshake
         self._cookie_names = parts.cookie_names
-        self.memo = SessionMemo() if memo_bytes is None else SessionMemo(memo_bytes)
+        self.memo = SessionMemo(settings.memo_max_mb * 1024 * 1024)
         self._seen = self.memo.peek  # the warm path's one read (no Python frame of its own)
         self._now = self.clock.time
         self._missing = signed_out(Reason.TOKEN_MISSING)
@@ -185,9 +184,8 @@ class Engine:
                     reason = found
                 else:
                     verified = found
-                    uat = located.client_uat
-                    iat = verified.auth.session.claims.get("iat") if verified.auth.session else None
-                    if uat and isinstance(iat, int | float) and iat < uat:
+                    uat, iat = located.client_uat, found.iat
+                    if uat and iat is not None and iat < uat:
                         reason = Reason.IAT_BEFORE_UAT
         if reason is not None:
             if handshake is not None:
@@ -203,9 +201,7 @@ class Engine:
         held = self.memo.get(token)
         now = self.clock.time()
         if isinstance(held, Verified) and self.verifier.still_valid(held):
-            session = held.auth.session
-            assert session is not None
-            reason = time_failure(session.claims, now, self.verifier.skew)
+            reason = times_failure(held.times, now, self.verifier.skew)
             if reason is not None:
                 return reason
             held.generation = self._generation.generation

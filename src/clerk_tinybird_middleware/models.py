@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["AuthResult", "ClerkSession", "TinybirdToken"]
+__all__ = ["AuthResult", "ClerkSession", "JWTClaims", "TinybirdToken"]
+
+
+class JWTClaims(Mapping[str, Any]):
+    """The claims of a JWT, decoded from the token the first time they are read.
+
+    Sessions and tokens are remembered by the thousand and their claims are rarely read
+    after the checks: holding the token (held anyway) instead of a parsed dict saves ~1.5 KB
+    each. The token is one that already parsed (never shown in a repr).
+    """
+
+    __slots__ = ("_claims", "_token")
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self._claims: dict[str, Any] | None = None
+
+    def _data(self) -> dict[str, Any]:
+        claims = self._claims
+        if claims is None:
+            from .core.jwt import read_payload
+
+            claims = self._claims = read_payload(self._token.split(".")[1])
+        return claims
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+    def __repr__(self) -> str:
+        return f"JWTClaims({sorted(self._data())!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ class SettingOverrides(TypedDict, total=False):
     exclude_paths: Sequence[str] | str
     redis_url: str | None
     refresh_margin_seconds: float
+    memo_max_mb: int
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -122,6 +123,7 @@ class Settings:
     refresh_margin_seconds: float = dataclasses.field(
         default=10, metadata=_env("CLERK_TINYBIRD_REFRESH_MARGIN")
     )
+    memo_max_mb: int = dataclasses.field(default=128, metadata=_env("CLERK_TINYBIRD_MEMO_MB"))
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -171,7 +173,7 @@ def field_problems(values: Mapping[str, Any]) -> Iterator[ConfigurationError]:
 
 _TUPLES = {"authorized_parties", "audience", "exclude_paths"}
 _FLOATS = {"clock_skew_seconds", "refresh_margin_seconds"}
-_INTS = {"tinybird_token_lifetime"}
+_INTS = {"tinybird_token_lifetime", "memo_max_mb"}
 _BOOLS = {"require_auth", "handshake", "tinybird_allow_unpinned_scopes"}
 _URLS = {"clerk_api_url", "tinybird_api_url", "proxy_url"}
 
@@ -224,7 +226,7 @@ def _coerce(name: str, env: str, value: Any) -> Any:
             raise ConfigurationError(f"{env} must be a number, got {value!r}") from None
         if number < 0 or number != number or number == float("inf"):
             raise ConfigurationError(f"{env} must be a finite number, not negative")
-        if name == "tinybird_token_lifetime" and number <= 0:
+        if name in ("tinybird_token_lifetime", "memo_max_mb") and number <= 0:
             raise ConfigurationError(f"{env} must be positive")
         return number
     if name in _BOOLS:

@@ -94,8 +94,14 @@ def default_cache(settings: Settings) -> TokenCache:
                 "CLERK_TINYBIRD_REDIS_URL needs redis: "
                 "pip install 'clerk-tinybird-middleware[redis]'"
             ) from None
-        return RedisTokenCache(settings.redis_url)
-    return MemoryTokenCache()
+        return RedisTokenCache(settings.redis_url, maxsize=tokens_for(settings))
+    return MemoryTokenCache(tokens_for(settings))
+
+
+def tokens_for(settings: Settings) -> int:
+    """The in-process token cache for as many sessions as the memo holds (~4 KB each), so a
+    tenant's token is not refetched while its sessions are active (at least 10,000)."""
+    return max(10_000, settings.memo_max_mb * 1024 * 1024 // 4096)
 
 
 def anonymous_token(value: str, now: float) -> tuple[TinybirdToken, float]:

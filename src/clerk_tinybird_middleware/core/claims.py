@@ -14,7 +14,8 @@ __all__ = [
     "decode_org",
     "session_from_claims",
     "time_failure",
-    "time_window",
+    "times",
+    "times_failure",
 ]
 
 #: Header ``cat`` values of session tokens: the session category, and the "ignore category"
@@ -109,11 +110,28 @@ def time_failure(claims: Mapping[str, Any], now: float, skew: float) -> str | No
     return None
 
 
-def time_window(claims: Mapping[str, Any], skew: float) -> tuple[float, float]:
-    """[from, until): the instants at which :func:`time_failure` passes for these claims
-    (which it did once: they are numbers)."""
-    starts = [_seconds(v) for v in (claims.get("nbf"), claims.get("iat")) if v is not None]
-    return (max(starts) - skew if starts else float("-inf")), _seconds(claims["exp"]) + skew
+def times_failure(
+    times: tuple[float, float | None, float | None], now: float, skew: float
+) -> str | None:
+    """:func:`time_failure` over the (exp, nbf, iat) of :func:`times` (already checked)."""
+    exp, nbf, iat = times
+    if exp <= now - skew:
+        return Reason.EXPIRED
+    if nbf is not None and nbf > now + skew:
+        return Reason.NOT_ACTIVE_YET
+    if iat is not None and iat > now + skew:
+        return Reason.IAT_IN_FUTURE
+    return None
+
+
+def times(claims: Mapping[str, Any]) -> tuple[float, float | None, float | None]:
+    """(exp, nbf, iat) in whole seconds, of claims that passed :func:`time_failure`."""
+    nbf, iat = claims.get("nbf"), claims.get("iat")
+    return (
+        _seconds(claims["exp"]),
+        None if nbf is None else _seconds(nbf),
+        None if iat is None else _seconds(iat),
+    )
 
 
 def _split(value: Any) -> list[str]:
@@ -175,7 +193,11 @@ def decode_org(
     )
 
 
-def session_from_claims(claims: Mapping[str, Any]) -> ClerkSession:
+def session_from_claims(
+    claims: Mapping[str, Any], keep: Mapping[str, Any] | None = None
+) -> ClerkSession:
+    """The session of verified ``claims``; ``keep`` is what ``session.claims`` holds
+    (default: ``claims`` themselves; the verifier passes a lazy view of the token)."""
     org_id, org_slug, org_role, permissions = decode_org(claims)
     actor = claims.get("act")
     return ClerkSession(
@@ -186,5 +208,5 @@ def session_from_claims(claims: Mapping[str, Any]) -> ClerkSession:
         org_role=org_role,
         org_permissions=permissions,
         actor=actor if isinstance(actor, Mapping) else None,
-        claims=claims,
+        claims=claims if keep is None else keep,
     )

@@ -28,36 +28,56 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MEMO_BYTES", "SessionMemo", "Verified"]
 
-DEFAULT_MEMO_BYTES = 64 * 1024 * 1024
-#: What one entry costs beyond the bytes of its strings: the entry, the map slot, and for a
-#: token the parsed claims, session and result objects (measured with tracemalloc; see
-#: ``benchmarks/run.py`` row j).
-VERIFIED_OVERHEAD = 2400
-SEEN_OVERHEAD = 400
+DEFAULT_MEMO_BYTES = 128 * 1024 * 1024
+#: What one entry costs beyond the bytes of its strings (measured with tracemalloc, see
+#: ``benchmarks/run.py`` row j): for a token, the entry, its map slot and the session and
+#: result objects (its claims are not kept, only the token); for a request, the entry, its
+#: slot and its answer (state, headers). A session costs ~2.3 KB + its cookie + its token.
+VERIFIED_OVERHEAD = 1600
+SEEN_OVERHEAD = 700
 
 
 class Verified(Entry):
-    __slots__ = ("auth", "generation", "key", "kid", "not_after", "not_before", "token", "variants")
+    """A token that passed every check; its claims' times are kept, not its claims."""
+
+    __slots__ = (
+        "auth",
+        "generation",
+        "key",
+        "kid",
+        "not_after",
+        "not_before",
+        "times",
+        "token",
+        "variants",
+    )
 
     def __init__(
         self,
         token: str,
         auth: AuthResult,
-        not_before: float,
-        not_after: float,
+        times: tuple[float, float | None, float | None],
+        skew: float,
         kid: str | None,
         key: RSAPublicKey,
         generation: int,
     ) -> None:
-        super().__init__(VERIFIED_OVERHEAD + 2 * len(token))
+        super().__init__(VERIFIED_OVERHEAD + len(token))
         self.token = token
         self.auth = auth
-        self.not_before = not_before
-        self.not_after = not_after
+        self.times = times  # (exp, nbf, iat) in whole seconds
+        exp, nbf, iat = times
+        starts = [t for t in (nbf, iat) if t is not None]
+        self.not_before = max(starts) - skew if starts else float("-inf")
+        self.not_after = exp + skew  # the time checks pass in [not_before, not_after)
         self.kid = kid
         self.key = key
         self.generation = generation
         self.variants: list[Hashable] = []
+
+    @property
+    def iat(self) -> float | None:
+        return self.times[2]
 
     @property
     def user_id(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
-from ..models import ClerkSession, TinybirdToken
+from ..models import ClerkSession, JWTClaims, TinybirdToken
 from .jwt import MalformedJWT, read_payload
 from .lru import Entry
 from .ops import Clock, Flow, Join, Op, Spawn
@@ -196,7 +196,8 @@ def token_from_jwt(jwt: str, *, anonymous: bool = False, now: float | None = Non
             raise TokenError(TokenError.UNAVAILABLE, "the token has no usable exp")
         exp = now + 60
     expires_at = datetime.fromtimestamp(exp, tz=timezone.utc)
-    return TinybirdToken(jwt=jwt, expires_at=expires_at, claims=claims, anonymous=anonymous)
+    # Held by the thousand: the claims are read again (rarely) from the token itself.
+    return TinybirdToken(jwt=jwt, expires_at=expires_at, claims=JWTClaims(jwt), anonymous=anonymous)
 
 
 class Held(Entry):

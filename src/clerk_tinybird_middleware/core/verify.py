@@ -13,13 +13,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from ..models import AuthResult
+from ..models import AuthResult, JWTClaims
 from .claims import (
     SESSION_CATEGORIES,
     Reason,
     session_from_claims,
     time_failure,
-    time_window,
+    times,
 )
 from .jwt import RSA_ALGORITHMS, MalformedJWT, ParsedJWT, parse, verify_rsa
 from .keys import KeySet
@@ -86,9 +86,8 @@ class SessionVerifier:
         reason = self._claim_failure(claims)
         if reason is not None:
             return reason
-        not_before, not_after = time_window(claims, self.skew)
-        auth = AuthResult.signed_in(session_from_claims(claims))
-        return Verified(token, auth, not_before, not_after, kid, key, self.generation)
+        auth = AuthResult.signed_in(session_from_claims(claims, JWTClaims(token)))
+        return Verified(token, auth, times(claims), self.skew, kid, key, self.generation)
 
     def verify_handshake(self, token: str) -> Generator[Op, Any, dict[str, Any] | str]:
         """A legacy ``__clerk_handshake`` JWT: header rules and signature, no claim checks
