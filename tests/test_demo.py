@@ -273,20 +273,29 @@ def test_pipe_requires_an_org_like_a_well_written_pipe() -> None:
     assert all(row["org"] == "acme" for row in rows if demo.pipe_filter(row, {"org": "acme"}))
 
 
-def test_demo_without_the_examples_says_where_to_get_them(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(demo, "examples_dirs", lambda: [tmp_path])
+def test_the_examples_load_under_their_wheel_name_from_a_checkout() -> None:
+    module = demo.load_example("flask")
+    assert module.__name__ == "clerk_tinybird_middleware.examples.flask_app.app"
+    assert callable(module.create_app)
 
-    assert main(["demo", "--port", "0"]) == 2
 
-    err = capsys.readouterr().err
-    assert "example app was not found" in err
-    assert "make demo" in err
+def test_a_missing_framework_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def without_fastapi(name: str, package: str | None = None) -> object:
+        if name.endswith("starlette_app.app"):
+            raise ModuleNotFoundError("No module named 'fastapi'", name="fastapi")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", without_fastapi)
+    with pytest.raises(demo.DemoError, match=r"clerk-tinybird-middleware\[fastapi\]"):
+        demo.load_example("starlette")
 
 
 def test_unknown_app_or_source_is_a_clear_error() -> None:
-    with pytest.raises(demo.DemoError, match="unknown app"), demo.running("django"):  # type: ignore[arg-type]
+    with pytest.raises(demo.DemoError, match="unknown app"), demo.running("rails"):  # type: ignore[arg-type]
         pass
     with (
         pytest.raises(demo.DemoError, match="unknown token source"),

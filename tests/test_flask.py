@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import inspect
 import json
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -514,10 +513,9 @@ def test_threaded_server_makes_one_template_call_per_tenant(
 def test_example_app(
     fake_clerk: FakeClerk, fake_tinybird: FakeTinybird, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    monkeypatch.delitem(sys.modules, "flask_app", raising=False)
-    monkeypatch.delitem(sys.modules, "flask_app.app", raising=False)
-    from flask_app import create_app
+    from clerk_tinybird_middleware.demo import load_example
+
+    create_app = load_example("flask").create_app
 
     fake_tinybird.add_pipe(
         "analytics_hits",

@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import html
 import importlib
+import importlib.util
 import inspect
 import random
 import socket
@@ -406,27 +407,44 @@ class Demo:
         return self.url + SIGN_IN_PATH
 
 
-def examples_dirs() -> list[Path]:
-    """Where the example apps are looked for: the source checkout holding this package, then
-    ``./examples``."""
-    here = Path(__file__).resolve()
-    candidates = [here.parents[2] / "examples", Path.cwd() / "examples"]
-    return list(dict.fromkeys(candidates))
+EXAMPLES = "clerk_tinybird_middleware.examples"
+
+
+def _source_checkout_examples() -> bool:
+    """In a source checkout (an editable install), ``examples/`` sits beside ``src/``: make it
+    ``clerk_tinybird_middleware.examples``, the name it has inside the wheel."""
+    root = Path(__file__).resolve().parents[2] / "examples"
+    init = root / "__init__.py"
+    if not init.is_file():
+        return False
+    spec = importlib.util.spec_from_file_location(
+        EXAMPLES, init, submodule_search_locations=[str(root)]
+    )
+    if spec is None or spec.loader is None:
+        return False
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[EXAMPLES] = module
+    spec.loader.exec_module(module)
+    return True
 
 
 def load_example(kind: AppKind) -> ModuleType:
-    """Import ``examples/<kind>_app/app.py`` of the source checkout."""
-    package = f"{kind}_app"
-    for base in examples_dirs():
-        if (base / package / "app.py").is_file():
-            if str(base) not in sys.path:
-                sys.path.insert(0, str(base))
-            return importlib.import_module(f"{package}.app")
-    where = ", ".join(str(base / package) for base in examples_dirs())
-    raise DemoError(
-        f"the {kind} example app was not found (looked in {where}); the demo runs the examples "
-        "of a source checkout: clone the repository and run `make demo` there"
-    )
+    """The example app ``<kind>_app`` shipped with the package (or of the source checkout)."""
+    name = f"{EXAMPLES}.{kind}_app.app"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as missing:
+        if missing.name not in (EXAMPLES, f"{EXAMPLES}.{kind}_app", name):
+            raise DemoError(
+                f"the {kind} example needs {missing.name!r}: "
+                f"pip install 'clerk-tinybird-middleware[{_EXTRA[kind]}]'"
+            ) from None
+    if EXAMPLES not in sys.modules and _source_checkout_examples():
+        return importlib.import_module(name)
+    raise DemoError(f"the {kind} example app is not installed ({name})")
+
+
+_EXTRA: Mapping[str, str] = {"starlette": "fastapi", "flask": "flask", "django": "django"}
 
 
 def build_app(kind: AppKind, settings: Settings, sign_in: DevSignIn) -> Any:
@@ -434,7 +452,7 @@ def build_app(kind: AppKind, settings: Settings, sign_in: DevSignIn) -> Any:
     module = load_example(kind)
     factory = getattr(module, "create_app", None)
     if not callable(factory):
-        raise DemoError(f"examples/{kind}_app/app.py has no create_app(settings=...) factory")
+        raise DemoError(f"the {kind} example has no create_app(settings=...) factory")
     offered: dict[str, Any] = {
         "settings": settings,
         "pipe": PIPE,
