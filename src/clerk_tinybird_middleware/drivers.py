@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 UPSTREAM_SLOTS = 32  # upstream calls in flight per event loop (per process for WSGI)
 WAKE_BATCH = 8  # waiters of one shared flow resumed per event-loop iteration
+PACE = 4  # flow steps run per event-loop iteration; the others wait for the next one
 BACKGROUND_THREADS = 4  # WSGI: refresh-ahead workers
 
 
@@ -60,6 +61,10 @@ def _no_answer(exc: BaseException) -> HttpResponse:
     return HttpResponse(0, error="timeout" if timeout else "connect")
 
 
+def _new_iteration(state: _LoopState) -> None:
+    state.steps = 0
+
+
 def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.debug("clerk-tinybird: a background flow ended with %s", type(task.exception()))
@@ -74,6 +79,7 @@ class _Flight:
 @dataclass(eq=False)
 class _LoopState:
     slots: asyncio.Semaphore
+    steps: int = 0  # flow steps run in this event-loop iteration
     client: httpx.AsyncClient | None = None
     client_ready: asyncio.Future[httpx.AsyncClient] | None = None
     flights: dict[Hashable, _Flight] = field(default_factory=dict)
@@ -116,8 +122,22 @@ class AsyncDriver:
                     value = await self._execute(op)
                 except Exception as exc:
                     error = exc
+                await self._pace()
         finally:
             flow.close()
+
+    async def _pace(self) -> None:
+        """At most ``PACE`` flow steps per event-loop iteration: when a burst of upstream
+        answers lands at once, their CPU work (a signature check, a token read, a response)
+        is spread over iterations instead of holding the loop for all of them."""
+        state = self._state()
+        while True:
+            if state.steps == 0:
+                asyncio.get_running_loop().call_soon(_new_iteration, state)
+            state.steps += 1
+            if state.steps <= PACE:
+                return
+            await asyncio.sleep(0)
 
     async def _execute(self, op: Any) -> Any:
         kind = type(op)
