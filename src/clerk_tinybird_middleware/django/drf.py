@@ -32,7 +32,8 @@ and in views::
   ``permission_classes`` itself; the classes compose with ``&``, ``|``, ``~``). A signed-out
   request raises ``NotAuthenticated`` with the README's 401 body (and ``WWW-Authenticate``
   from :class:`ClerkAuthentication`); a signed-in one lacking the org, role or permission is
-  refused with the 403 body ``{"error": "forbidden", "reason": ..., "message": ...}``.
+  refused with the 403 body ``{"error": "forbidden", "reason": ..., "message": ...}`` (a
+  composition with ``&``/``|``/``~`` keeps the decision but DRF answers its own 403 body).
 """
 
 from __future__ import annotations
