@@ -9,13 +9,20 @@ an example app built in the same process.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import django
+import jwt as pyjwt
 from django.conf import settings
+
+from constants import ORG
+
+if TYPE_CHECKING:
+    from clerk_tinybird_middleware.testing import FakeClerk
 
 MIDDLEWARE_PATH = "clerk_tinybird_middleware.django.ClerkTinybirdMiddleware"
 MIDDLEWARE = [
@@ -53,6 +60,29 @@ def setup() -> None:
             LOGGING_CONFIG=None,
         )
     django.setup()
+
+
+def pk_live(fake_clerk: FakeClerk) -> str:
+    return "pk_live_" + base64.b64encode(f"{fake_clerk.frontend_api}$".encode()).decode()
+
+
+def handshake_token(fake_clerk: FakeClerk, directives: list[str]) -> str:
+    """A legacy ``__clerk_handshake`` JWT, signed with the instance's key as Clerk does."""
+    return pyjwt.encode(
+        {"handshake": directives},
+        fake_clerk.private_key,
+        algorithm="RS256",
+        headers={"kid": fake_clerk.kid},
+    )
+
+
+def directives_for(fake_clerk: FakeClerk) -> list[str]:
+    fresh = fake_clerk.session_token("user_hs", org=ORG)
+    return [
+        f"__session={fresh}; Path=/; SameSite=Lax; Secure",
+        "__client_uat=1700000000; Path=/; Max-Age=315360000; SameSite=Lax; Secure",
+        "__client_uat=0; Path=/; Domain=example.test; Max-Age=0",
+    ]
 
 
 def overrides(**extra: Any) -> dict[str, Any]:

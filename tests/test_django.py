@@ -20,7 +20,7 @@ from clerk_tinybird_middleware import ConfigurationError, LocalTokenSource, Sett
 from clerk_tinybird_middleware.django import ClerkTinybirdMiddleware
 from clerk_tinybird_middleware.testing import FakeClerk
 from constants import ADMIN_TOKEN, ANONYMOUS_TOKEN, ORG, SCOPES
-from django_support import STATE_NAMES, overrides
+from django_support import STATE_NAMES, directives_for, handshake_token, overrides, pk_live
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("sync", "async")
@@ -380,38 +380,13 @@ async def test_stale_page_load_is_answered_with_the_handshake(
     assert response.content == b""
 
 
-def _pk_live(fake_clerk: FakeClerk) -> str:
-    import base64
-
-    return "pk_live_" + base64.b64encode(f"{fake_clerk.frontend_api}$".encode()).decode()
-
-
-def handshake_token(fake_clerk: FakeClerk, directives: list[str]) -> str:
-    """A legacy ``__clerk_handshake`` JWT, signed with the instance's key as Clerk does."""
-    return pyjwt.encode(
-        {"handshake": directives},
-        fake_clerk.private_key,
-        algorithm="RS256",
-        headers={"kid": fake_clerk.kid},
-    )
-
-
-def directives_for(fake_clerk: FakeClerk) -> list[str]:
-    fresh = fake_clerk.session_token("user_hs", org=ORG)
-    return [
-        f"__session={fresh}; Path=/; SameSite=Lax; Secure",
-        "__client_uat=1700000000; Path=/; Max-Age=315360000; SameSite=Lax; Secure",
-        "__client_uat=0; Path=/; Domain=example.test; Max-Age=0",
-    ]
-
-
 @pytest.mark.parametrize("kind", KINDS)
 async def test_production_handshake_resolution_sets_every_cookie_and_signs_in(
     kind: str, fake_clerk: FakeClerk, configured: None
 ) -> None:
     directives = directives_for(fake_clerk)
     token = handshake_token(fake_clerk, directives)
-    with override_settings(CLERK_PUBLISHABLE_KEY=_pk_live(fake_clerk)):
+    with override_settings(CLERK_PUBLISHABLE_KEY=pk_live(fake_clerk)):
         response = await client_get(kind)(
             f"/raw?__clerk_handshake={token}", headers={"Accept": "text/html"}
         )
