@@ -116,6 +116,23 @@ from clerk_tinybird_middleware.django import (  # noqa: E402
     require_tinybird_token,
 )
 
+
+class SyncOnlyMiddleware:
+    """A third-party style middleware that cannot run async: under ASGI, Django then runs
+    the middleware before it (ours) in sync mode, on a worker thread."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        response = self.get_response(request)
+        response["X-Sync-Only"] = "1"
+        return response
+
+
 #: Threads that ran views (the ASGI test shows async views stay on the event loop).
 VIEW_THREADS: set[str] = set()
 

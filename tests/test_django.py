@@ -522,6 +522,18 @@ async def test_one_class_sync_and_async_capable(fake_clerk: FakeClerk, configure
     assert fake_clerk.secret_key not in repr(middleware)
 
 
+async def test_sync_mode_under_asgi_when_a_later_middleware_is_sync_only(
+    fake_clerk: FakeClerk, configured: None
+) -> None:
+    middleware = [*overrides()["MIDDLEWARE"], "django_support.SyncOnlyMiddleware"]
+    token = fake_clerk.session_token("user_1", org=ORG)
+    with override_settings(MIDDLEWARE=middleware):
+        response = await AsyncClient().get("/async/state", headers={"Cookie": f"__session={token}"})
+    assert response.headers["X-Sync-Only"] == "1"
+    assert response.json()["user"] == "user_1"  # the scope's cookies, read in sync mode too
+    assert "x-tinybird-token" in response.headers
+
+
 def test_importing_the_module_never_needs_drf() -> None:
     script = (
         "import sys; sys.modules['rest_framework'] = None\n"

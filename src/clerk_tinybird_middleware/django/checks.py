@@ -169,6 +169,6 @@ def _is_ours(entry: str) -> bool:
         from .middleware import ClerkTinybirdMiddleware
 
         found = import_string(entry)
-    except ImportError:
+    except Exception:  # a broken entry is Django's to report, not ours
         return False
     return isinstance(found, type) and issubclass(found, ClerkTinybirdMiddleware)
