@@ -313,13 +313,9 @@ def test_example_manage_py_check_reports_ids(
 def test_example_create_app_behind_the_demo_sign_in(
     fake_clerk: FakeClerk, fake_tinybird: FakeTinybird
 ) -> None:
-    from clerk_tinybird_middleware.demo import DevRoutesWSGI, DevSignIn, demo_settings
+    from clerk_tinybird_middleware.demo import DevRoutesWSGI, DevSignIn, demo_settings, load_example
 
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from django_app.app import create_app
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    create_app = load_example("django").create_app
     fake_tinybird.add_pipe("analytics_hits", [{"org": "acme", "hits": 3}, {"org": "x", "hits": 9}])
     port = free_port()
     url = f"http://127.0.0.1:{port}"

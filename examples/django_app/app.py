@@ -64,7 +64,9 @@ def create_app(
     :param sign_out_url: a URL the page's "Sign out" button POSTs to, if any.
     """
     if not django_settings.configured:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_app.settings")
+        # This package's own settings, whatever it is imported as (django_app from
+        # examples/, or clerk_tinybird_middleware.examples.django_app from the wheel).
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", f"{__package__}.settings")
     if not apps.ready:
         django.setup()
     resolved = settings if settings is not None else settings_from_django()

@@ -25,8 +25,8 @@ MIDDLEWARE = [
     # After CommonMiddleware (its redirects cost no verification), before your own.
     "clerk_tinybird_middleware.django.ClerkTinybirdMiddleware",
 ]
-ROOT_URLCONF = "django_app.urls"
-WSGI_APPLICATION = "django_app.wsgi.application"
+ROOT_URLCONF = f"{__package__}.urls"  # django_app, or where the wheel put it
+WSGI_APPLICATION = f"{__package__}.wsgi.application"
 DATABASES: dict[str, dict[str, str]] = {}  # the example keeps no data of its own
 USE_TZ = True
 

@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the example app, FakeClerk and FakeTinybird on loopback: no account, "
         "no network. Open the printed URL, sign in as a seeded user, watch the token.",
     )
-    demo.add_argument("--app", choices=("starlette", "flask"), default="starlette")
+    demo.add_argument("--app", choices=("starlette", "flask", "django"), default="starlette")
     demo.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     demo.add_argument("--port", type=int, default=8000, help="default: 8000 (0: any free port)")
     demo.add_argument(

@@ -61,7 +61,7 @@ __all__ = [
     "seed_rows",
 ]
 
-AppKind = Literal["starlette", "flask"]
+AppKind = Literal["starlette", "flask", "django"]
 SourceKind = Literal["template", "local"]
 Response = tuple[int, list[tuple[str, str]], bytes]
 
@@ -463,7 +463,7 @@ def build_app(kind: AppKind, settings: Settings, sign_in: DevSignIn) -> Any:
     parameters = inspect.signature(factory).parameters
     named = {k for k, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
     app = factory(**{k: v for k, v in offered.items() if k in named})
-    if kind == "flask":
+    if kind in ("flask", "django"):
         return DevRoutesWSGI(app, sign_in)
     return DevRoutesASGI(app, sign_in)
 
@@ -515,8 +515,8 @@ def running(
     source: SourceKind = "template",
 ) -> Iterator[Demo]:
     """Start the fakes and the example app (``port=0``: a free port); stop them on exit."""
-    if app not in ("starlette", "flask"):
-        raise DemoError(f"unknown app {app!r}: use 'starlette' or 'flask'")
+    if app not in ("starlette", "flask", "django"):
+        raise DemoError(f"unknown app {app!r}: use 'starlette', 'flask' or 'django'")
     with contextlib.ExitStack() as stack:
         tinybird = FakeTinybird()
         tinybird.add_pipe(PIPE, seed_rows(), filter=pipe_filter)
@@ -527,14 +527,14 @@ def running(
 
         sock = stack.enter_context(contextlib.closing(_bind(host, port)))
         bound_port = int(sock.getsockname()[1])
-        if app == "flask":
+        if app != "starlette":
             sock.close()  # wsgiref binds its own socket: free the port just picked
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{bound_port}"
         origins = [url, f"http://127.0.0.1:{bound_port}", f"http://localhost:{bound_port}"]
         settings = demo_settings(clerk, tinybird, origins=origins, source=source)
         web_app = build_app(app, settings, DevSignIn(clerk))
-        if app == "flask":
+        if app != "starlette":
             stack.enter_context(serve_wsgi(web_app, host, bound_port))
             alive: Callable[[], bool] = threading.main_thread().is_alive  # no thread exposed
         else:
