@@ -203,7 +203,12 @@ def _sdk_cases(world: World, client: str, source: str) -> list[dict[str, Any]]:
     """@tinybirdco/sdk and tinybird-sdk: the same API, so the same cases."""
     tenant = world.tenants[client, source]
     prefix = f"{client}-{source}"
-    common: dict[str, Any] = {"base_url": world.url, "token": tenant.token, "pipe": PIPE, "params": OTHER_TENANT}
+    common: dict[str, Any] = {
+        "base_url": world.url,
+        "token": tenant.token,
+        "pipe": PIPE,
+        "params": OTHER_TENANT,
+    }
     return [
         {**common, "id": f"{prefix}-json", "kind": "query"},
         {**common, "id": f"{prefix}-csv", "kind": "raw", "path": f"{PIPE_PATH}.csv?org=globex"},
@@ -226,7 +231,12 @@ def _sdk_cases(world: World, client: str, source: str) -> list[dict[str, Any]]:
 def _tinyb_cases(world: World, source: str) -> list[dict[str, Any]]:
     tenant = world.tenants["tinyb", source]
     prefix = f"tinyb-{source}"
-    common: dict[str, Any] = {"base_url": world.url, "token": tenant.token, "pipe": PIPE, "params": OTHER_TENANT}
+    common: dict[str, Any] = {
+        "base_url": world.url,
+        "token": tenant.token,
+        "pipe": PIPE,
+        "params": OTHER_TENANT,
+    }
     cases = [
         {**common, "id": f"{prefix}-json", "kind": "pipe_data"},
         {**common, "id": f"{prefix}-csv", "kind": "pipe_data", "format": "csv"},
