@@ -104,7 +104,7 @@ def test_sdk_passes_expires_in_seconds(sdk: Any, fake_clerk: FakeClerk) -> None:
     [
         pytest.param("unknown-template", 404, "resource_not_found", id="unknown-template"),
         pytest.param("unknown-session", 404, "resource_not_found", id="unknown-session"),
-        pytest.param("bad-secret-key", 401, "authentication_invalid", id="bad-secret-key"),
+        pytest.param("bad-secret-key", 401, "clerk_key_invalid", id="bad-secret-key"),
     ],
 )
 def test_sdk_parses_fake_clerk_errors(
