@@ -1,12 +1,21 @@
-"""FakeClerk speaks Clerk's wire format: the official ``clerk-backend-api`` SDK, pointed at it over
-loopback HTTP, fetches the JWKS and template tokens and parses its errors; FakeClerk's session
-tokens pass the SDK's own ``authenticate_request`` (networkless, with the PEM key)."""
+"""FakeClerk speaks Clerk's wire format, and the official clients are the judges.
+
+The Python ``clerk-backend-api`` SDK and the JavaScript ``@clerk/backend``
+(``createClerkClient``, run once per module in Node: ``tests/interop/clerk/bapi.mjs``), pointed
+at FakeClerk over loopback HTTP, read every endpoint it serves — JWKS, sessions, users,
+organizations, session and template tokens, JWT templates, the handshake payload — and parse
+its errors (401 ``clerk_key_invalid``, 404, 422, 429 with ``Retry-After``, 5xx). FakeClerk's
+session tokens pass the Python SDK's own ``authenticate_request`` (networkless, with the PEM
+key)."""
 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt as pyjwt
@@ -24,6 +33,7 @@ from clerk_backend_api.utils import RetryConfig
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clerk_tinybird_middleware.testing import FakeClerk, FakeTinybird
+from test_clerk_differential import node_judge
 
 ORIGIN = "http://localhost:3000"
 ACME = {"id": "org_acme", "slug": "acme", "role": "admin", "permissions": ["org:reports:read"]}
@@ -104,7 +114,7 @@ def test_sdk_passes_expires_in_seconds(sdk: Any, fake_clerk: FakeClerk) -> None:
     [
         pytest.param("unknown-template", 404, "resource_not_found", id="unknown-template"),
         pytest.param("unknown-session", 404, "resource_not_found", id="unknown-session"),
-        pytest.param("bad-secret-key", 401, "authentication_invalid", id="bad-secret-key"),
+        pytest.param("bad-secret-key", 401, "clerk_key_invalid", id="bad-secret-key"),
     ],
 )
 def test_sdk_parses_fake_clerk_errors(
@@ -226,3 +236,357 @@ def test_verify_token_fetches_fake_clerks_jwks(fake_clerk: FakeClerk) -> None:
     assert claims["sub"] == "user_1"
     assert claims["o"]["slg"] == "acme"
     assert fake_clerk.calls["jwks"] == 1
+
+
+# -- the other Backend API endpoints, through the Python SDK --------------------------------------
+
+
+@pytest.fixture
+def signed_in(fake_clerk: FakeClerk) -> str:
+    """A session of user_1 in org_acme (FakeClerk learns the session, user and org)."""
+    fake_clerk.add_user("user_1", first_name="Ada", last_name="Lovelace")
+    return _sid(fake_clerk.session_token("user_1", org=ACME))
+
+
+def test_sdk_gets_a_session(sdk: Any, fake_clerk: FakeClerk, signed_in: str) -> None:
+    session = sdk.sessions.get(session_id=signed_in)
+
+    assert (session.id, session.user_id, str(session.status.value)) == (
+        signed_in,
+        "user_1",
+        "active",
+    )
+    assert session.last_active_organization_id == "org_acme"
+    assert session.client_id.startswith("client_")
+    assert session.expire_at > session.created_at
+    assert fake_clerk.calls["session"] == 1
+
+
+def test_sdk_gets_a_user(sdk: Any, signed_in: str) -> None:
+    user = sdk.users.get(user_id="user_1")
+
+    assert (user.id, user.first_name, user.last_name) == ("user_1", "Ada", "Lovelace")
+    email = user.email_addresses[0]
+    assert email.id == user.primary_email_address_id
+    assert email.email_address == "user_1@example.test"
+    assert email.linked_to == []
+    assert user.phone_numbers[0].id == user.primary_phone_number_id
+
+
+@pytest.mark.parametrize("key", ["org_acme", "acme"], ids=["by-id", "by-slug"])
+def test_sdk_gets_an_organization(sdk: Any, signed_in: str, key: str) -> None:
+    org = sdk.organizations.get(organization_id=key, include_members_count=True)
+
+    assert (org.id, org.slug, org.name) == ("org_acme", "acme", "acme")
+    assert org.members_count == 1
+    assert org.created_by == "user_1"
+
+
+def test_sdk_gets_a_fresh_session_token(sdk: Any, fake_clerk: FakeClerk, signed_in: str) -> None:
+    answer = sdk.sessions.create_token(session_id=signed_in, expires_in_seconds=120)
+
+    claims = pyjwt.decode(answer.jwt, fake_clerk.public_key_pem, algorithms=["RS256"])
+    assert (claims["sid"], claims["sub"], claims["o"]["id"]) == (signed_in, "user_1", "org_acme")
+    assert claims["exp"] - claims["iat"] == 120
+    assert claims["iss"] == fake_clerk.issuer
+    assert fake_clerk.calls["token"] == 1
+
+
+def test_sdk_lists_and_gets_jwt_templates(sdk: Any, fake_clerk: FakeClerk) -> None:
+    fake_clerk.add_template("second", {"aud": "x"}, "k" * 32, lifetime=30)
+
+    templates = sdk.jwt_templates.list()
+
+    assert [t.name for t in templates] == ["tinybird", "second"]
+    tinybird = templates[0]
+    assert tinybird.signing_algorithm == "HS256"
+    assert (tinybird.lifetime, tinybird.allowed_clock_skew, tinybird.custom_signing_key) == (
+        600,
+        5,
+        True,
+    )
+    assert tinybird.claims is not None  # the SDK models claims as an empty object
+    assert sdk.jwt_templates.get(template_id=templates[1].id).name == "second"
+
+
+def _python_call(client: Any, endpoint: str, sid: str, unknown: bool) -> Any:
+    """One SDK call per FakeClerk endpoint; ``unknown``: for an id FakeClerk does not know."""
+    nope = "nope_1"
+    calls: dict[str, Any] = {
+        "session": lambda: client.sessions.get(session_id=nope if unknown else sid),
+        "user": lambda: client.users.get(user_id=nope if unknown else "user_1"),
+        "organization": lambda: client.organizations.get(
+            organization_id=nope if unknown else "acme"
+        ),
+        "token": lambda: client.sessions.create_token(session_id=nope if unknown else sid),
+        "template": lambda: client.sessions.create_token_from_template(
+            session_id=sid, template_name=nope if unknown else "tinybird"
+        ),
+        "jwt_template": lambda: client.jwt_templates.get(template_id=nope),
+        "jwt_templates": lambda: client.jwt_templates.list(),
+        "jwks": lambda: client.jwks.get_jwks(),
+    }
+    return calls[endpoint]()
+
+
+def _status_and_codes(raised: pytest.ExceptionInfo[Exception]) -> tuple[int, list[str]]:
+    error: Any = raised.value
+    body = json.loads(error.raw_response.text)
+    return error.raw_response.status_code, [e["code"] for e in body["errors"]]
+
+
+ENDPOINTS = ["session", "user", "organization", "token", "template", "jwt_templates", "jwks"]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_sdk_sees_clerk_key_invalid(fake_clerk: FakeClerk, signed_in: str, endpoint: str) -> None:
+    with (
+        Clerk(
+            bearer_auth="sk_test_wrong",
+            server_url=fake_clerk.api_url + "/v1",
+            retry_config=RetryConfig("none", None, False),  # type: ignore[arg-type]
+        ) as client,
+        pytest.raises((models.ClerkErrors, models.SDKError)) as raised,
+    ):
+        _python_call(client, endpoint, signed_in, unknown=False)
+
+    assert _status_and_codes(raised) == (401, ["clerk_key_invalid"])
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["session", "user", "organization", "token", "template", "jwt_template"]
+)
+def test_sdk_sees_resource_not_found(sdk: Any, signed_in: str, endpoint: str) -> None:
+    with pytest.raises((models.ClerkErrors, models.SDKError)) as raised:
+        _python_call(sdk, endpoint, signed_in, unknown=True)
+
+    assert _status_and_codes(raised) == (404, ["resource_not_found"])
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_sdk_sees_injected_faults(
+    sdk: Any, fake_clerk: FakeClerk, signed_in: str, endpoint: str, status: int
+) -> None:
+    fake_clerk.inject(endpoint, status=status, retry_after=9 if status == 429 else None, times=1)
+
+    with pytest.raises((models.ClerkErrors, models.SDKError)) as raised:
+        _python_call(sdk, endpoint, signed_in, unknown=False)
+
+    error: Any = raised.value
+    assert error.raw_response.status_code == status
+    assert error.raw_response.headers["content-type"] == "application/json"
+    if status == 429:
+        assert error.raw_response.headers["retry-after"] == "9"
+    _python_call(sdk, endpoint, signed_in, unknown=False)  # the next call is served again
+
+
+def test_sdk_sees_an_invalid_expires_in_seconds(sdk: Any, signed_in: str) -> None:
+    with pytest.raises((models.ClerkErrors, models.SDKError)) as raised:
+        sdk.sessions.create_token_from_template(
+            session_id=signed_in, template_name="tinybird", expires_in_seconds=-1
+        )
+
+    assert _status_and_codes(raised) == (422, ["form_param_value_invalid"])
+
+
+# -- @clerk/backend's createClerkClient against FakeClerk ---------------------------------------
+
+
+@dataclass
+class JSRun:
+    fake: FakeClerk
+    sid: str
+    nonce: str
+    results: dict[str, Any]
+
+    def ok(self, name: str) -> Any:
+        result = self.results[name]
+        assert result["ok"], result
+        return result["value"]
+
+    def error(self, name: str) -> dict[str, Any]:
+        result = self.results[name]
+        assert not result["ok"], result
+        error: dict[str, Any] = result["error"]
+        assert error["name"] == "ClerkAPIResponseError"
+        return error
+
+
+def _steps(fake: FakeClerk, sid: str, nonce: str, template_id: str) -> list[dict[str, Any]]:
+    good, bad = fake.secret_key, "sk_test_" + "w" * 40
+    steps: list[tuple[str, str, str, list[Any]]] = [
+        # faults first: FakeClerk serves them to the next calls of their endpoint, in order
+        ("template-429", good, "getToken", [sid, "tinybird"]),
+        ("template-500", good, "getToken", [sid, "tinybird"]),
+        ("session-502", good, "getSession", [sid]),
+        ("user-429-odd-retry-after", good, "getUser", ["user_1"]),
+        ("session", good, "getSession", [sid]),
+        ("session-404", good, "getSession", ["sess_nope"]),
+        ("session-401", bad, "getSession", [sid]),
+        ("user", good, "getUser", ["user_1"]),
+        ("user-404", good, "getUser", ["user_nope"]),
+        (
+            "org-by-id",
+            good,
+            "getOrganization",
+            [{"organizationId": "org_acme", "includeMembersCount": True}],
+        ),
+        ("org-by-slug", good, "getOrganization", [{"slug": "acme"}]),
+        ("org-404", good, "getOrganization", [{"organizationId": "org_nope"}]),
+        ("token", good, "getToken", [sid]),
+        ("token-404", good, "getToken", ["sess_nope"]),
+        ("template", good, "getToken", [sid, "tinybird"]),
+        ("template-expires", good, "getToken", [sid, "tinybird", 120]),
+        ("template-422", good, "getToken", [sid, "tinybird", -1]),
+        ("template-404", good, "getToken", [sid, "nope"]),
+        ("template-401", bad, "getToken", [sid, "tinybird"]),
+        ("templates-page", good, "listJwtTemplates", [{"limit": 1}]),
+        ("templates-all", good, "listJwtTemplates", [{}]),
+        ("template-get", good, "getJwtTemplate", [template_id]),
+        ("template-get-404", good, "getJwtTemplate", ["jtmp_nope"]),
+        ("handshake-payload", good, "getHandshakePayload", [{"nonce": nonce}]),
+        ("handshake-payload-again", good, "getHandshakePayload", [{"nonce": nonce}]),
+        ("handshake-payload-401", bad, "getHandshakePayload", [{"nonce": "x"}]),
+        ("jwks", good, "getJwks", []),
+        ("jwks-401", bad, "getJwks", []),
+    ]
+    return [{"name": n, "secretKey": k, "call": c, "args": a} for n, k, c, a in steps]
+
+
+@pytest.fixture(scope="module")
+def js_run() -> Iterator[JSRun]:
+    fake = FakeClerk()
+    fake.add_tinybird_template("p.admin-token-" + "a" * 40, "ws_compat")
+    fake.add_template("second", {"aud": "x"}, "k" * 32, lifetime=30)
+    fake.add_user("user_1", first_name="Ada")
+    with fake.serve() as url:
+        sid = _sid(fake.session_token("user_1", org=ACME))
+        client_id = fake.sign_in("user_1", org=ACME)
+        hop = httpx.get(
+            f"{url}/v1/client/handshake",
+            params={"redirect_url": "http://app.test/page", "format": "nonce"},
+            cookies={"__client": client_id},
+        )
+        nonce = parse_qs(urlsplit(hop.headers["location"]).query)["__clerk_handshake_nonce"][0]
+        fake.inject("template", status=429, retry_after=17, times=1)
+        fake.inject("template", status=500, times=1)
+        fake.inject("session", status=502, times=1)
+        fake.inject("user", status=429, retry_after="30abc", times=1)
+        template_id = next(
+            t["id"]
+            for t in httpx.get(
+                f"{url}/v1/jwt_templates", headers={"Authorization": f"Bearer {fake.secret_key}"}
+            ).json()
+            if t["name"] == "second"
+        )
+        answer = node_judge(
+            "bapi.mjs", {"apiUrl": url, "steps": _steps(fake, sid, nonce, template_id)}
+        )
+        yield JSRun(fake, sid, nonce, answer["results"])
+
+
+def test_js_sdk_reads_a_session(js_run: JSRun) -> None:
+    session = js_run.ok("session")
+    assert session["__class"] == "Session"
+    assert (session["id"], session["userId"], session["status"]) == (js_run.sid, "user_1", "active")
+    assert session["lastActiveOrganizationId"] == "org_acme"
+    assert session["clientId"].startswith("client_")
+    assert session["actor"] is None
+
+
+def test_js_sdk_reads_a_user(js_run: JSRun) -> None:
+    user = js_run.ok("user")
+    assert user["__class"] == "User"
+    assert (user["id"], user["firstName"]) == ("user_1", "Ada")
+    email = user["emailAddresses"][0]
+    assert email["__class"] == "EmailAddress"
+    assert (email["emailAddress"], email["linkedTo"]) == ("user_1@example.test", [])
+    assert email["verification"]["status"] == "verified"
+    assert user["phoneNumbers"][0]["phoneNumber"] == "+15555550100"
+    assert user["primaryEmailAddressId"] == email["id"]
+    assert user["publicMetadata"] == {}
+
+
+def test_js_sdk_reads_an_organization(js_run: JSRun) -> None:
+    by_id, by_slug = js_run.ok("org-by-id"), js_run.ok("org-by-slug")
+    assert by_id["__class"] == "Organization"
+    assert (by_id["id"], by_id["slug"], by_id["membersCount"]) == ("org_acme", "acme", 1)
+    assert by_slug["id"] == "org_acme"
+    assert by_slug.get("membersCount") is None
+
+
+def test_js_sdk_gets_tokens(js_run: JSRun) -> None:
+    fake = js_run.fake
+    session = js_run.ok("token")
+    assert session["__class"] == "Token"
+    claims = pyjwt.decode(session["jwt"], fake.public_key_pem, algorithms=["RS256"])
+    assert (claims["sid"], claims["exp"] - claims["iat"]) == (js_run.sid, 60)
+    template = pyjwt.decode(js_run.ok("template")["jwt"], options={"verify_signature": False})
+    assert template["scopes"][0]["fixed_params"] == {"org": "acme", "user": "user_1"}
+    expires = pyjwt.decode(
+        js_run.ok("template-expires")["jwt"], options={"verify_signature": False}
+    )
+    assert expires["exp"] - expires["iat"] == 120
+
+
+def test_js_sdk_reads_jwt_templates(js_run: JSRun) -> None:
+    page = js_run.ok("templates-page")
+    assert page["totalCount"] == 2
+    assert [t["name"] for t in page["data"]] == ["tinybird"]
+    every = js_run.ok("templates-all")
+    assert [t["name"] for t in every["data"]] == ["tinybird", "second"]
+    second = js_run.ok("template-get")
+    assert second["__class"] == "JwtTemplate"
+    assert (second["name"], second["lifetime"], second["allowedClockSkew"]) == ("second", 30, 5)
+    assert (second["signingAlgorithm"], second["customSigningKey"]) == ("HS256", True)
+    assert second["claims"] == {"aud": "x"}
+
+
+def test_js_sdk_resolves_a_handshake_nonce_once(js_run: JSRun) -> None:
+    directives = js_run.ok("handshake-payload")["directives"]
+    names = [d.split("=", 1)[0] for d in directives]
+    assert names == ["__session", "__client_uat", "__clerk_db_jwt"]
+    assert all("Path=/" in d and "SameSite=Lax" in d for d in directives)
+    assert js_run.error("handshake-payload-again")["status"] == 404
+
+
+def test_js_sdk_reads_the_jwks(js_run: JSRun) -> None:
+    assert js_run.ok("jwks")["keys"][0]["kid"] == js_run.fake.kid
+
+
+@pytest.mark.parametrize(
+    ("step", "status", "code", "message"),
+    [
+        ("session-401", 401, "clerk_key_invalid", "Unauthorized"),
+        ("template-401", 401, "clerk_key_invalid", "Unauthorized"),
+        ("handshake-payload-401", 401, "clerk_key_invalid", "Unauthorized"),
+        ("jwks-401", 401, "clerk_key_invalid", "Unauthorized"),
+        ("session-404", 404, "resource_not_found", "Not Found"),
+        ("user-404", 404, "resource_not_found", "Not Found"),
+        ("org-404", 404, "resource_not_found", "Not Found"),
+        ("token-404", 404, "resource_not_found", "Not Found"),
+        ("template-404", 404, "resource_not_found", "Not Found"),
+        ("template-get-404", 404, "resource_not_found", "Not Found"),
+        ("template-422", 422, "form_param_value_invalid", "Unprocessable Entity"),
+        ("template-429", 429, "too_many_requests", "Too Many Requests"),
+        ("template-500", 500, "internal_clerk_error", "Internal Server Error"),
+        ("session-502", 502, "internal_clerk_error", "Bad Gateway"),
+    ],
+)
+def test_js_sdk_parses_fake_clerk_errors(
+    js_run: JSRun, step: str, status: int, code: str, message: str
+) -> None:
+    error = js_run.error(step)
+    assert (error["status"], error["message"]) == (status, message)
+    assert [e["code"] for e in error["errors"]] == [code]
+    assert error["errors"][0]["longMessage"]
+    assert len(error["clerkTraceId"]) == 32  # the body's clerk_trace_id
+    if step == "template-422":
+        assert error["errors"][0]["meta"]["paramName"] == "expires_in_seconds"
+
+
+def test_js_sdk_reads_retry_after(js_run: JSRun) -> None:
+    assert js_run.error("template-429")["retryAfter"] == 17
+    assert js_run.error("user-429-odd-retry-after")["retryAfter"] == 30  # parseInt, as Clerk
+    assert js_run.error("template-500")["retryAfter"] is None
