@@ -692,6 +692,14 @@ def _d(why: str, views: str, js: str, ours: str) -> Differ:
 
 #: THE table: every disagreement with @clerk/backend, by class, and why we differ on purpose.
 DIFFERENCES: dict[str, Differ] = {
+    "iat-before-uat-first": _d(
+        "§4: iat is compared with __client_uat only once the token verified (an ill-typed iat"
+        " is token-invalid); @clerk/backend compares the raw claim first, loosely (null or"
+        " false < 1), so an unverified claim picks its answer",
+        "cookie",
+        "out:session-token-iat-before-client-uat",
+        "out:token-invalid",
+    ),
     "sid-required": _d(
         "§4: a session token without a string sid is not a session (template or foreign token);"
         " @clerk/backend never reads sid",

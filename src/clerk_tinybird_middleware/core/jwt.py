@@ -98,15 +98,30 @@ def strict_json_object(raw: bytes) -> dict[str, Any]:
 
 
 def parse(token: str) -> ParsedJWT:
-    """Split and decode ``token`` without verifying anything; raise :class:`MalformedJWT`."""
+    """Split and decode ``token`` without verifying anything; raise :class:`MalformedJWT`.
+
+    Every segment must be the canonical encoding of its bytes, so no two strings are the same
+    token (and a flipped spare bit is ``token-invalid``, as in Clerk's SDK, not a signature
+    failure)."""
     if len(token) > MAX_TOKEN_BYTES or _SHAPE.fullmatch(token) is None:
         raise MalformedJWT("not three base64url segments")
     head, body, sig = token.split(".")
-    signature = b64url_decode(sig)
-    if b64url_encode(signature) != sig:
-        raise MalformedJWT("non-canonical signature encoding")
-    header = strict_json_object(b64url_decode(head))
-    return ParsedJWT(header, read_payload(body), f"{head}.{body}".encode(), signature)
+    raw_header, raw_payload, signature = (_canonical(part) for part in (head, body, sig))
+    return ParsedJWT(
+        strict_json_object(raw_header),
+        strict_json_object(raw_payload),
+        f"{head}.{body}".encode(),
+        signature,
+    )
+
+
+def _canonical(segment: str) -> bytes:
+    """The bytes of ``segment`` if it is their one canonical base64url encoding (no spare bits
+    set in the last character, as Clerk's decoder requires), else :class:`MalformedJWT`."""
+    raw = b64url_decode(segment)
+    if b64url_encode(raw) != segment:
+        raise MalformedJWT("non-canonical base64url")
+    return raw
 
 
 def read_payload(segment: str) -> dict[str, Any]:

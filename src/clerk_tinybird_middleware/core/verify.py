@@ -188,7 +188,7 @@ def cookie_rule(located: Located) -> str | None:
     uat = located.client_uat
     if not located.from_cookie or uat is None:
         return None
-    if uat <= 0:
+    if uat == 0:  # JavaScript's "falsy": a negative value still counts as a client
         return Reason.TOKEN_BUT_NO_UAT if located.token else Reason.TOKEN_AND_UAT_MISSING
     if not located.token:
         return Reason.UAT_BUT_NO_TOKEN
