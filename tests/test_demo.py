@@ -44,9 +44,34 @@ def _wait_until_up(proc: subprocess.Popen[bytes], url: str, log: Path) -> str:
     pytest.fail(f"the demo did not answer within 30 s:\n{log.read_text()}")
 
 
-def sign_in(client: httpx.Client, user: str, org: str = "") -> httpx.Response:
-    """What the sign-in page's buttons do."""
-    return client.post(demo.SIGN_IN_PATH, data={"user": user, "org": org})
+def sign_in(run: demo.Demo, client: httpx.Client, user: str, org: str = "") -> httpx.Response:
+    """What the sign-in page's buttons do: post to FakeClerk's Frontend API, then follow the
+    redirects back to the app (nonce → cookies → the clean URL), as a browser would."""
+    person = next(u for u in demo.USERS if u.id == user)
+    form = demo.sign_in_fields(person, org, f"{client.base_url}/")
+    return client.post(run.routes.sign_in_action, data=form, follow_redirects=True)
+
+
+def sign_out(run: demo.Demo, client: httpx.Client) -> httpx.Response:
+    """What the dashboard's "Sign out" button does."""
+    form = {"redirect_url": f"{client.base_url}/"}
+    return client.post(run.routes.sign_out_action, data=form, follow_redirects=True)
+
+
+def age_session(run: demo.Demo, client: httpx.Client, seconds: int = 120) -> str:
+    """The browser comes back after ``seconds``: its ``__session`` (same session, same
+    client) was issued that long ago and has expired. Instead of sleeping, the token is aged."""
+    sid = run.clerk.frontend.session_of(client.cookies.get("__client"))
+    assert sid is not None
+    token = run.clerk.session_token(
+        "user_alice",
+        org={"id": "org_acme", "slug": "acme", "role": "admin"},
+        session_id=sid,
+        now=int(time.time()) - seconds,
+        azp=str(client.base_url),
+    )
+    client.cookies.set("__session", token, domain="127.0.0.1", path="/")
+    return token
 
 
 def pipe_rows(tinybird_url: str, token: str, **params: str) -> list[dict[str, object]]:
@@ -85,11 +110,17 @@ def test_console_script_serves_sign_in_dashboard_and_pipe(tmp_path: Path) -> Non
                 page = client.get(demo.SIGN_IN_PATH)
                 assert page.status_code == 200
                 assert 'data-user="alice"' in page.text
+                clerk_url = re.search(r"FakeClerk\s+(http://127\.0\.0\.1:\d+)", banner)
+                assert clerk_url is not None, banner
+                assert f'action="{clerk_url.group(1)}/v1/client/sign_in"' in page.text
 
-                signed_in = sign_in(client, ALICE, "acme")
-                assert signed_in.status_code == 303
-                assert signed_in.headers["location"] == "/"
-                assert {"__session", "__client_uat"} <= set(client.cookies)
+                person = demo.USERS[0]
+                form = demo.sign_in_fields(person, "acme", base + "/")
+                posted = client.post(f"{clerk_url.group(1)}/v1/client/sign_in", data=form)
+                assert posted.status_code == 303
+                signed_in = client.get(posted.headers["location"], follow_redirects=True)
+                assert signed_in.status_code == 200
+                assert {"__session", "__client_uat", "__client"} <= set(client.cookies)
 
                 dashboard = client.get("/")
                 assert dashboard.status_code == 200
@@ -145,7 +176,7 @@ def client(running: demo.Demo) -> Iterator[httpx.Client]:
 def test_each_tenant_sees_only_its_rows_even_when_asking_for_another(
     running: demo.Demo, client: httpx.Client, user: str, org: str
 ) -> None:
-    assert sign_in(client, user, org).status_code == 303
+    assert sign_in(running, client, user, org).status_code == 200
     answer = client.get("/api/token")
 
     info = answer.json()
@@ -158,8 +189,10 @@ def test_each_tenant_sees_only_its_rows_even_when_asking_for_another(
     assert pipe_rows(running.tinybird.api_url, token, org=other) == own
 
 
-def test_a_personal_account_gets_no_token_tenant_missing(client: httpx.Client) -> None:
-    sign_in(client, DAVE)
+def test_a_personal_account_gets_no_token_tenant_missing(
+    running: demo.Demo, client: httpx.Client
+) -> None:
+    sign_in(running, client, DAVE)
     answer = client.get("/api/token")
 
     assert answer.json()["signed_in"] is True
@@ -170,12 +203,14 @@ def test_a_personal_account_gets_no_token_tenant_missing(client: httpx.Client) -
     assert unavailable.json()["detail"]["reason"] == "tenant-missing"
 
 
-def test_signing_out_leaves_no_token(client: httpx.Client) -> None:
-    sign_in(client, ALICE, "acme")
+def test_signing_out_leaves_no_token(running: demo.Demo, client: httpx.Client) -> None:
+    sign_in(running, client, ALICE, "acme")
     assert "x-tinybird-token" in client.get("/api/token").headers
 
-    out = client.post(demo.SIGN_OUT_PATH)
-    assert out.status_code == 303
+    out = sign_out(running, client)
+    assert out.status_code == 200
+    assert [r.status_code for r in out.history] == [303, 307]  # Frontend API, clean URL
+    assert client.cookies.get("__client_uat") == "0"
     answer = client.get("/api/token")
 
     assert answer.json()["signed_in"] is False
@@ -192,13 +227,15 @@ def test_signing_out_leaves_no_token(client: httpx.Client) -> None:
         pytest.param(CAROL, "", 403, id="no-org"),
     ],
 )
-def test_org_admin_endpoint(client: httpx.Client, user: str, org: str, status: int) -> None:
-    sign_in(client, user, org)
+def test_org_admin_endpoint(
+    running: demo.Demo, client: httpx.Client, user: str, org: str, status: int
+) -> None:
+    sign_in(running, client, user, org)
     assert client.get("/api/org").status_code == status
 
 
-def test_me_reports_the_verified_session(client: httpx.Client) -> None:
-    sign_in(client, CAROL, "globex")
+def test_me_reports_the_verified_session(running: demo.Demo, client: httpx.Client) -> None:
+    sign_in(running, client, CAROL, "globex")
     me = client.get("/api/me").json()
 
     assert me["user_id"] == CAROL
@@ -209,7 +246,7 @@ def test_me_reports_the_verified_session(client: httpx.Client) -> None:
 def test_cross_origin_pages_may_read_both_token_headers(
     running: demo.Demo, client: httpx.Client
 ) -> None:
-    sign_in(client, BOB, "acme")
+    sign_in(running, client, BOB, "acme")
     answer = client.get("/api/token", headers={"Origin": "http://localhost:3000"})
 
     assert answer.headers["access-control-allow-origin"] == "http://localhost:3000"
@@ -218,27 +255,81 @@ def test_cross_origin_pages_may_read_both_token_headers(
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "form", "status"),
+    ("method", "path", "status"),
     [
-        pytest.param("POST", demo.SIGN_IN_PATH, {"user": "user_nobody"}, 400, id="unknown-user"),
-        pytest.param(
-            "POST", demo.SIGN_IN_PATH, {"user": BOB, "org": "globex"}, 400, id="not-a-member"
-        ),
-        pytest.param("POST", demo.SIGN_IN_PATH, {"user": BOB, "org": "nope"}, 400, id="no-org"),
-        pytest.param("GET", demo.SIGN_OUT_PATH, {}, 405, id="sign-out-by-get"),
-        pytest.param("GET", "/dev/elsewhere", {}, 404, id="unknown-dev-path"),
+        pytest.param("POST", demo.SIGN_IN_PATH, 405, id="sign-in-is-the-frontend-apis"),
+        pytest.param("GET", "/dev/elsewhere", 404, id="unknown-dev-path"),
     ],
 )
-def test_dev_sign_in_rejects_bad_requests(
-    client: httpx.Client, method: str, path: str, form: dict[str, str], status: int
+def test_dev_routes_reject_bad_requests(
+    client: httpx.Client, method: str, path: str, status: int
 ) -> None:
-    answer = client.request(method, path, data=form or None)
+    answer = client.request(method, path, data={"user": ALICE})
     assert answer.status_code == status
-    assert "set-cookie" not in answer.headers
+    assert [c for c in answer.headers.get_list("set-cookie") if "__session" in c] == []
 
 
-def test_the_health_check_skips_the_middleware(client: httpx.Client) -> None:
-    sign_in(client, ALICE, "acme")
+def test_sign_in_refuses_a_user_outside_the_org() -> None:
+    bob = next(u for u in demo.USERS if u.id == BOB)
+    with pytest.raises(demo.DemoError, match="not a member"):
+        demo.sign_in_fields(bob, "globex", "http://127.0.0.1/")
+
+
+def test_the_sign_in_page_sends_the_browser_back_to_its_own_origin(
+    running: demo.Demo,
+) -> None:
+    port = running.url.rsplit(":", 1)[1]
+    for host, back in [
+        (f"localhost:{port}", f"http://localhost:{port}/"),
+        ("evil.example", f"{running.url}/"),  # not one of the demo's origins
+    ]:
+        page = httpx.get(running.sign_in_url, headers={"host": host})
+        assert f'name="redirect_url" value="{back}"' in page.text
+
+
+@pytest.mark.token_in_url  # the stale __session rides in the handshake URL, which httpx logs
+def test_a_stale_page_is_refreshed_by_the_handshake_and_reported(
+    running: demo.Demo, client: httpx.Client
+) -> None:
+    sign_in(running, client, ALICE, "acme")
+    assert client.get(demo.HANDSHAKE_PATH).json() == {"handshake": None}  # sign-in is not one
+    stale = age_session(running, client)
+
+    page = client.get("/", headers={"accept": "text/html"}, follow_redirects=True)
+
+    assert page.status_code == 200
+    assert [r.status_code for r in page.history] == [307, 307, 307]
+    assert page.headers["x-tinybird-token"]
+    assert client.cookies.get("__session") != stale
+    trip = client.get(demo.HANDSHAKE_PATH).json()["handshake"]
+    assert trip["reason"] == "session-token-expired-refresh-non-eligible-no-refresh-cookie"
+    assert trip["redirects"] == 3
+    assert 0 < trip["ms"] < 30_000
+    # fetch requests are never redirected: an expired cookie is just signed out
+    age_session(running, client)
+    api = client.get("/api/token")
+    assert (api.status_code, api.json()["reason"]) == (200, "token-expired")
+
+
+def test_handshake_watch_counts_one_trip_per_browser() -> None:
+    clock = iter([10.0, 10.25]).__next__
+    watch = demo.HandshakeWatch("http://clerk.test", clock=clock)
+    to_clerk = "http://clerk.test/v1/client/handshake?redirect_url=x&__clerk_hs_reason=why"
+    watch.response("b1", 307, to_clerk)
+    watch.response("b2", 200, None)  # another browser
+    watch.request("b1", "__clerk_handshake_nonce=n")
+    watch.response("b1", 307, "http://app.test/")
+    assert watch.last("b1") is None
+    watch.response("b1", 200, None)
+
+    trip = watch.last("b1")
+    assert trip is not None
+    assert (trip.reason, trip.redirects, trip.milliseconds) == ("why", 3, 250.0)
+    assert watch.last("b2") is None
+
+
+def test_the_health_check_skips_the_middleware(running: demo.Demo, client: httpx.Client) -> None:
+    sign_in(running, client, ALICE, "acme")
     health = client.get("/health")
     assert health.json() == {"status": "ok"}
     assert "x-tinybird-token" not in health.headers
@@ -256,7 +347,7 @@ def test_other_variants_hand_out_tenant_tokens(app: demo.AppKind, source: demo.S
         pytest.importorskip("flask")
     with demo.running(app, source=source) as run, httpx.Client(base_url=run.url) as client:
         assert client.get(demo.SIGN_IN_PATH).status_code == 200
-        sign_in(client, CAROL, "globex")
+        sign_in(run, client, CAROL, "globex")
         token = client.get("/").headers["x-tinybird-token"]
         rows = pipe_rows(run.tinybird.api_url, token)
     assert rows

@@ -313,27 +313,35 @@ def test_example_manage_py_check_reports_ids(
 def test_example_create_app_behind_the_demo_sign_in(
     fake_clerk: FakeClerk, fake_tinybird: FakeTinybird
 ) -> None:
-    from clerk_tinybird_middleware.demo import DevRoutesWSGI, DevSignIn, demo_settings, load_example
+    from clerk_tinybird_middleware import demo
 
-    create_app = load_example("django").create_app
+    create_app = demo.load_example("django").create_app
     fake_tinybird.add_pipe("analytics_hits", [{"org": "acme", "hits": 3}, {"org": "x", "hits": 9}])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = demo_settings(fake_clerk, fake_tinybird, origins=[url])
+    settings = demo.demo_settings(fake_clerk, fake_tinybird, origins=[url])
+    routes = demo.DevRoutes(fake_clerk, [url])
+    alice = next(user for user in demo.USERS if user.id == "user_alice")
     with override_settings(**overrides()):
-        app = create_app(settings, pipe="analytics_hits", sign_in_url="/dev/sign-in")
+        app = create_app(
+            settings,
+            pipe="analytics_hits",
+            sign_in_url=demo.SIGN_IN_PATH,
+            page_config={"orgs": ["acme", "globex"]},
+        )
         from clerk_tinybird_middleware.testing._server import serve_wsgi
 
         with (
-            serve_wsgi(DevRoutesWSGI(app, DevSignIn(fake_clerk)), port=port),
+            serve_wsgi(demo.DevRoutesWSGI(app, routes), port=port),
             httpx.Client(base_url=url, timeout=20) as http,
         ):
             page = http.get("/")
             signed_out = http.get("/api/me")
             signed_in = http.post(
-                "/dev/sign-in", data={"user": "user_alice", "org": "acme"}, follow_redirects=False
+                routes.sign_in_action,
+                data=demo.sign_in_fields(alice, "acme", f"{url}/"),
+                follow_redirects=True,
             )
-            http.cookies.update(signed_in.cookies)
             who = http.get("/api/token")
             me = http.get("/api/me")
             org = http.get("/api/org")
@@ -343,8 +351,9 @@ def test_example_create_app_behind_the_demo_sign_in(
     assert "Django decorators" in page.text
     assert '"pipe": "analytics_hits"' in page.text
     assert '"signInUrl": "/dev/sign-in"' in page.text
+    assert '"orgs": ["acme", "globex"]' in page.text
     assert signed_out.status_code == 401
-    assert signed_in.status_code in (302, 303)
+    assert [r.status_code for r in signed_in.history] == [303, 307]  # Frontend API, clean URL
     assert who.json()["user_id"] == "user_alice"
     assert "x-tinybird-token" in who.headers
     assert me.json()["org_slug"] == "acme"

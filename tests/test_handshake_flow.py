@@ -28,14 +28,17 @@ import httpx
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from flask import Flask, g
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from clerk_tinybird_middleware import ClerkTinybirdMiddleware
+from clerk_tinybird_middleware import ClerkTinybirdMiddleware, ClerkTinybirdWSGIMiddleware
+from clerk_tinybird_middleware.flask import ClerkTinybird
 from clerk_tinybird_middleware.testing import FakeClerk
+from clerk_tinybird_middleware.testing._server import serve_wsgi
 from constants import ADMIN_TOKEN
 
 pytestmark = pytest.mark.token_in_url
@@ -45,16 +48,44 @@ API_VERSION = "2026-05-12"
 STALE = "session-token-expired-refresh-non-eligible-no-refresh-cookie"
 
 
-async def _page(request: Request) -> HTMLResponse:
-    auth = request.state.clerk_auth
-    session = request.state.clerk_session
-    token = request.state.tinybird_token
-    body = (
+def _body(auth: Any, session: Any, token: Any) -> str:
+    return (
         f"<p id=status>{auth.status}</p><p id=reason>{auth.reason}</p>"
         f"<p id=user>{session.user_id if session else ''}</p>"
         f"<p id=token>{'yes' if token else 'no'}</p>"
     )
-    return HTMLResponse(body)
+
+
+async def _page(request: Request) -> HTMLResponse:
+    state = request.state
+    return HTMLResponse(_body(state.clerk_auth, state.clerk_session, state.tinybird_token))
+
+
+def _wsgi_app(settings: dict[str, Any]) -> Any:
+    def page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        auth, session, token = (
+            environ[f"clerk_tinybird.{name}"]
+            for name in ("clerk_auth", "clerk_session", "tinybird_token")
+        )
+        body = _body(auth, session, token).encode()
+        start_response(
+            "200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    return ClerkTinybirdWSGIMiddleware(page, **settings)
+
+
+def _flask_app(settings: dict[str, Any]) -> Any:
+    app = Flask(__name__)
+    ClerkTinybird(app, **settings)
+
+    def page(path: str = "") -> str:
+        return _body(g.clerk_auth, g.clerk_session, g.tinybird_token)
+
+    app.add_url_rule("/", view_func=page)
+    app.add_url_rule("/<path:path>", view_func=page)
+    return app
 
 
 @dataclass
@@ -120,13 +151,14 @@ def _serve(app: Any, sock: socket.socket) -> Iterator[None]:
         thread.join(timeout=10)
 
 
-@pytest.fixture(params=["development", "production"])
-def world(request: pytest.FixtureRequest, fake_clerk_signing_key: RSAPrivateKey) -> Iterator[World]:
-    fake = FakeClerk(live=request.param == "production", signing_key=fake_clerk_signing_key)
+@contextlib.contextmanager
+def _world(adapter: str, instance: str, signing_key: RSAPrivateKey) -> Iterator[World]:
+    fake = FakeClerk(live=instance == "production", signing_key=signing_key)
     fake.add_tinybird_template(ADMIN_TOKEN, "ws_handshake")
     sock = _free_socket()
-    app_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    with fake.serve() as clerk_url:
+    port = sock.getsockname()[1]
+    app_url = f"http://127.0.0.1:{port}"
+    with fake.serve() as clerk_url, contextlib.ExitStack() as stack:
         settings: dict[str, Any] = {
             "publishable_key": fake.publishable_key,
             "proxy_url": clerk_url,
@@ -134,16 +166,42 @@ def world(request: pytest.FixtureRequest, fake_clerk_signing_key: RSAPrivateKey)
             "clerk_api_url": clerk_url,
             "authorized_parties": (app_url,),
         }
-        app = Starlette(
-            routes=[Route("/{path:path}", _page)],
-            middleware=[Middleware(ClerkTinybirdMiddleware, **settings)],
-        )
-        with (
-            contextlib.closing(sock),
-            _serve(app, sock),
-            httpx.Client(follow_redirects=False) as browser,
-        ):
-            yield World(fake, app_url, browser)
+        if adapter == "asgi":
+            app = Starlette(
+                routes=[Route("/{path:path}", _page)],
+                middleware=[Middleware(ClerkTinybirdMiddleware, **settings)],
+            )
+            stack.enter_context(contextlib.closing(sock))
+            stack.enter_context(_serve(app, sock))
+        else:
+            sock.close()  # wsgiref binds its own
+            wsgi = _wsgi_app(settings) if adapter == "wsgi" else _flask_app(settings)
+            stack.enter_context(serve_wsgi(wsgi, port=port))
+        browser = stack.enter_context(httpx.Client(follow_redirects=False))
+        yield World(fake, app_url, browser)
+
+
+@pytest.fixture(params=["development", "production"])
+def world(request: pytest.FixtureRequest, fake_clerk_signing_key: RSAPrivateKey) -> Iterator[World]:
+    with _world("asgi", request.param, fake_clerk_signing_key) as built:
+        yield built
+
+
+@pytest.fixture(
+    params=[
+        ("wsgi", "development"),
+        ("wsgi", "production"),
+        ("flask", "development"),
+        ("flask", "production"),
+    ],
+    ids="-".join,
+)
+def wsgi_world(
+    request: pytest.FixtureRequest, fake_clerk_signing_key: RSAPrivateKey
+) -> Iterator[World]:
+    adapter, instance = request.param
+    with _world(adapter, instance, fake_clerk_signing_key) as built:
+        yield built
 
 
 def _sign_in(world: World) -> tuple[httpx.Response, list[str]]:
@@ -295,3 +353,47 @@ def test_sign_out_clears_the_app_cookies(world: World) -> None:
         200,
         "session-token-and-uat-missing",
     )
+
+
+def test_a_first_page_load_with_no_cookies(world: World) -> None:
+    """A browser the app has never seen: a development instance handshakes for the dev-browser
+    token (dev-browser-missing) and comes back signed out with it; production answers signed
+    out at once (no client, no session: never a handshake)."""
+    first = world.page("/welcome")
+
+    if world.fake.development:
+        assert first.status_code == 307
+        to_clerk = dict(parse_qsl(urlsplit(first.headers["location"]).query))
+        assert to_clerk["__clerk_hs_reason"] == "dev-browser-missing"
+        page, hops = world.follow(first)
+        assert len(hops) == 3  # → Frontend API → app with the nonce → the clean URL
+        assert world.browser.cookies.get("__clerk_db_jwt")
+        assert world.browser.cookies.get("__client_uat") == "0"
+    else:
+        page = first
+    assert page.status_code == 200
+    assert (world.text(page, "status"), world.text(page, "token")) == ("signed-out", "no")
+    api = world.browser.get(world.app_url + "/api", headers={"accept": "application/json"})
+    assert (api.status_code, world.text(api, "status")) == (200, "signed-out")
+
+
+def test_wsgi_and_flask_sign_in_and_refresh_a_stale_page(wsgi_world: World) -> None:
+    """The same flows through the WSGI middleware and the Flask extension."""
+    world = wsgi_world
+    page, _ = _sign_in(world)
+    assert (world.text(page, "status"), world.text(page, "token")) == ("signed-in", "yes")
+    world.stale_session()
+    stale = world.browser.cookies.get("__session")
+    world.fake.reset_calls()
+
+    first = world.page("/dashboard")
+    page, hops = world.follow(first)
+
+    assert first.status_code == 307
+    assert first.headers["location"].startswith(world.fake.api_url + "/v1/client/handshake?")
+    assert len(hops) == (3 if world.fake.development else 2)
+    assert (world.text(page, "status"), world.text(page, "token")) == ("signed-in", "yes")
+    assert world.browser.cookies.get("__session") != stale
+    assert world.fake.calls["handshake_payload"] == 1
+    fetch = world.browser.get(world.app_url + "/api", headers={"accept": "application/json"})
+    assert world.text(fetch, "status") == "signed-in"

@@ -31,6 +31,7 @@ object, for the demo and the tests.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import django
@@ -52,6 +53,7 @@ def create_app(
     pipe: str = DEFAULT_PIPE,
     sign_in_url: str | None = None,
     sign_out_url: str | None = None,
+    page_config: Mapping[str, Any] | None = None,
 ) -> Any:
     """The example as a WSGI application. ``settings=None`` reads Django settings over the
     environment; a :class:`Settings` replaces them for this application only.
@@ -62,6 +64,8 @@ def create_app(
     :param pipe: the Tinybird pipe the page and ``/api/hits`` query.
     :param sign_in_url: where the page sends signed-out users (your Clerk sign-in page).
     :param sign_out_url: a URL the page's "Sign out" button POSTs to, if any.
+    :param page_config: more keys for the page script's configuration (the demo passes the
+        orgs to try in "read another tenant" and the URL of its handshake report).
     """
     if not django_settings.configured:
         # This package's own settings, whatever it is imported as (django_app from
@@ -71,7 +75,11 @@ def create_app(
         django.setup()
     resolved = settings if settings is not None else settings_from_django()
     dashboard = Dashboard.of(
-        resolved, pipe=pipe, sign_in_url=sign_in_url, sign_out_url=sign_out_url
+        resolved,
+        pipe=pipe,
+        sign_in_url=sign_in_url,
+        sign_out_url=sign_out_url,
+        page_config=page_config,
     )
     # The middleware of this application gets these settings, not Django's (it is built now).
     with ClerkTinybirdMiddleware.configured(resolved, exclude_paths=("/health",)):

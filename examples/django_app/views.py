@@ -8,7 +8,8 @@ so one process can serve several configurations (the demo, the tests).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class Dashboard:
     pipe: str = DEFAULT_PIPE
     sign_in_url: str | None = None
     sign_out_url: str | None = None
+    page_config: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -52,6 +54,7 @@ class Dashboard:
         pipe: str = DEFAULT_PIPE,
         sign_in_url: str | None = None,
         sign_out_url: str | None = None,
+        page_config: Mapping[str, Any] | None = None,
     ) -> Dashboard:
         return cls(
             settings.tinybird_api_url,
@@ -59,6 +62,7 @@ class Dashboard:
             pipe,
             sign_in_url,
             sign_out_url,
+            dict(page_config or {}),
         )
 
     @classmethod
@@ -84,6 +88,7 @@ class Dashboard:
             "tokenHeader": self.token_header,
             "signInUrl": self.sign_in_url,
             "signOutUrl": self.sign_out_url,
+            **self.page_config,
         }
         return (
             PAGE.read_text(encoding="utf-8")

@@ -25,7 +25,7 @@ What it shows:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ def create_app(
     sign_in_url: str | None = None,
     sign_out_url: str | None = None,
     cors_origins: Sequence[str] = ("http://localhost:3000",),
+    page_config: Mapping[str, Any] | None = None,
 ) -> Flask:
     """Build the app. ``settings=None`` reads ``app.config`` over the environment.
 
@@ -61,6 +62,8 @@ def create_app(
     :param sign_in_url: where the page sends signed-out users (your Clerk sign-in page).
     :param sign_out_url: a URL the page's "Sign out" button POSTs to, if any.
     :param cors_origins: other origins (a separate SPA) allowed to call the API.
+    :param page_config: more keys for the page script's configuration (the demo passes the
+        orgs to try in "read another tenant" and the URL of its handshake report).
     """
     app = Flask(__name__)
     # The one line. Keyword arguments override single settings (here: skip /health entirely).
@@ -82,6 +85,7 @@ def create_app(
                     "tokenHeader": header,
                     "signInUrl": sign_in_url,
                     "signOutUrl": sign_out_url,
+                    **(page_config or {}),
                 }
             ),
         )

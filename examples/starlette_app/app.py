@@ -22,7 +22,7 @@ What it shows:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +54,7 @@ def create_app(
     sign_in_url: str | None = None,
     sign_out_url: str | None = None,
     cors_origins: Sequence[str] = ("http://localhost:3000",),
+    page_config: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """Build the app. ``settings=None`` reads every option from the environment.
 
@@ -61,6 +62,8 @@ def create_app(
     :param sign_in_url: where the page sends signed-out users (your Clerk sign-in page).
     :param sign_out_url: a URL the page's "Sign out" button POSTs to, if any.
     :param cors_origins: other origins (a separate SPA) allowed to call the API.
+    :param page_config: more keys for the page script's configuration (the demo passes the
+        orgs to try in "read another tenant" and the URL of its handshake report).
     """
     settings = settings if settings is not None else Settings.from_env()
     header = settings.token_header or "x-tinybird-token"
@@ -97,6 +100,7 @@ def create_app(
                 "tokenHeader": header,
                 "signInUrl": sign_in_url,
                 "signOutUrl": sign_out_url,
+                **(page_config or {}),
             }
         ),
     )

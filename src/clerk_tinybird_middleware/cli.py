@@ -282,7 +282,8 @@ def _banner(run: Any) -> None:
         f"clerk-tinybird demo ({run.app} example): everything runs on this machine.\n"
         f"  Dashboard     {run.url}/\n"
         f"  Sign in       {run.sign_in_url}\n"
-        f"  FakeClerk     {run.clerk.api_url}  (JWT template 'tinybird')\n"
+        f"  FakeClerk     {run.clerk.api_url}  (Backend and Frontend API, JWT template"
+        " 'tinybird', 60-second session tokens, handshake on)\n"
         f"  FakeTinybird  {run.tinybird.api_url}  (pipe {demo.PIPE}: {orgs})\n"
         "Press Ctrl+C to stop.",
         flush=True,

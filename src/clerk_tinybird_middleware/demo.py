@@ -5,17 +5,18 @@
 * a :class:`FakeTinybird` workspace with a pipe, ``analytics_hits``, holding rows for three
   seeded tenants (``acme``, ``globex``, ``initech``); like a well-written pipe it returns no
   rows at all unless ``org`` is given;
-* a :class:`FakeClerk` with the ``tinybird`` JWT template of the original Next.js project
+* a :class:`FakeClerk` (Backend and Frontend API) with a ``tinybird`` JWT template
   (``fixed_params`` ``org={{org.slug}}``, ``user={{user.id}}``, signed with the Tinybird admin
-  token);
-* the example app (``examples/starlette_app`` or ``examples/flask_app`` of a source checkout),
-  configured against both fakes, behind a development sign-in at ``/dev/sign-in``: pick a user
-  and an org, and it sets the ``__session`` and ``__client_uat`` cookies the way Clerk's
-  browser SDK does.
+  token) and 60-second session tokens, as in production;
+* the example app (``starlette``, ``flask`` or ``django``, shipped inside the package),
+  configured against both fakes with the handshake on, behind a development sign-in page at
+  ``/dev/sign-in`` whose buttons post to FakeClerk's Frontend API.
 
-The sign-in routes live here, in front of the example app, not in the library: a real app
-gets its session cookie from Clerk's frontend. Demo session tokens live an hour so the page
-keeps working without Clerk's browser SDK (real ones live 60 s and are refreshed every ~50 s).
+Signing in is Clerk's flow, not a shortcut: the Frontend API signs the browser in and sends it
+back with a handshake nonce, which the middleware trades for the session cookies. With no
+Clerk browser SDK in the page to refresh the cookie, the first page load after a minute goes
+through the handshake; ``/dev/handshake`` reports the last one, and the dashboard shows it.
+The ``/dev/`` routes live here, in front of the example app, not in the library.
 """
 
 from __future__ import annotations
@@ -26,39 +27,45 @@ import html
 import importlib
 import importlib.util
 import inspect
+import json
 import random
+import secrets
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from ._types import StartResponse, WSGIApp, WSGIEnviron
+from .core.handshake import NONCE as NONCE_PARAM
 from .settings import Settings
 from .testing import FakeClerk, FakeTinybird
 from .testing._server import serve_wsgi
 
 __all__ = [
+    "HANDSHAKE_PATH",
     "ORGS",
     "PIPE",
     "SIGN_IN_PATH",
-    "SIGN_OUT_PATH",
     "USERS",
     "Demo",
     "DemoError",
     "DemoOrg",
     "DemoUser",
-    "DevSignIn",
+    "DevRoutes",
+    "HandshakeTrip",
+    "HandshakeWatch",
     "demo_settings",
     "pipe_filter",
     "running",
     "seed_rows",
+    "sign_in_fields",
 ]
 
 AppKind = Literal["starlette", "flask", "django"]
@@ -68,9 +75,10 @@ Response = tuple[int, list[tuple[str, str]], bytes]
 PIPE = "analytics_hits"
 DEV_PREFIX = "/dev/"
 SIGN_IN_PATH = "/dev/sign-in"
-SIGN_OUT_PATH = "/dev/sign-out"
-SESSION_LIFETIME = 3600  # demo only: a real Clerk session token lives 60 s and is refreshed
-_MAX_FORM_BYTES = 4096
+HANDSHAKE_PATH = "/dev/handshake"
+BROWSER_COOKIE = "demo_browser"
+REASON_PARAM = "__clerk_hs_reason"
+SESSION_LIFETIME = 60  # seconds, as Clerk's
 
 
 class DemoError(RuntimeError):
@@ -169,7 +177,8 @@ def demo_settings(
         "publishable_key": clerk.publishable_key,
         "authorized_parties": tuple(dict.fromkeys(origins)),
         "tinybird_api_url": tinybird.api_url,
-        "handshake": False,
+        # FakeClerk is the instance's Frontend API too: the handshake goes there.
+        "proxy_url": clerk.api_url,
     }
     if source == "local":
         values.update(
@@ -188,82 +197,186 @@ def demo_settings(
     return Settings(**values)
 
 
-# -- development sign-in -------------------------------------------------------------------------
+# -- development sign-in and the handshake report -------------------------------------------------
 
 
-class DevSignIn:
-    """``GET /dev/sign-in`` (pick a user and an org), ``POST /dev/sign-in``, ``POST
-    /dev/sign-out``: framework-free; :class:`DevRoutesASGI` and :class:`DevRoutesWSGI` move
-    the bytes. Sets ``__session`` (a FakeClerk session token) and ``__client_uat`` like
-    Clerk's browser SDK; signing out sets ``__client_uat=0``, as Clerk does."""
-
-    def __init__(self, clerk: FakeClerk, *, lifetime: int = SESSION_LIFETIME) -> None:
-        self.clerk = clerk
-        self.lifetime = lifetime
-
-    def handle(self, method: str, path: str, host: str, body: bytes) -> Response:
-        if path == SIGN_IN_PATH and method in ("GET", "HEAD"):
-            return _html(200, sign_in_page())
-        if path == SIGN_IN_PATH and method == "POST":
-            return self._sign_in(host, _form(body))
-        if path == SIGN_OUT_PATH and method == "POST":
-            return _redirect("/", _cookie("__session", "", 0) + _cookie("__client_uat", "0"))
-        if path in (SIGN_IN_PATH, SIGN_OUT_PATH):
-            return _html(405, _page("Method not allowed", "<p>Use the sign-in page.</p>"))
-        return _html(404, _page("Not found", f'<p><a href="{SIGN_IN_PATH}">Sign in</a></p>'))
-
-    def _sign_in(self, host: str, form: Mapping[str, str]) -> Response:
-        user = user_by_id(form.get("user", ""))
-        slug = form.get("org", "")
-        role = dict(user.memberships).get(slug) if user else None
-        org = org_by_slug(slug) if slug else None
-        if user is None or (slug and (org is None or role is None)):
-            return _html(400, _page("Unknown user or org", _back()))
-        membership = None
-        if org is not None and role is not None:
-            membership = {
-                "id": org.id,
-                "slug": org.slug,
-                "role": role,
-                "permissions": _PERMISSIONS[role],
-            }
-        now = int(time.time())
-        token = self.clerk.session_token(
-            user.id, org=membership, azp=f"http://{host}", lifetime=self.lifetime, now=now
+def sign_in_fields(user: DemoUser, org_slug: str, redirect_url: str) -> dict[str, str]:
+    """The form FakeClerk's Frontend API signs a browser in with (``POST /v1/client/sign_in``):
+    ``user`` in the org ``org_slug`` (``""``: the personal account), then back to
+    ``redirect_url``. Raises :class:`DemoError` when the user is not a member."""
+    fields = {"user_id": user.id, "redirect_url": redirect_url}
+    if org_slug:
+        role = dict(user.memberships).get(org_slug)
+        org = org_by_slug(org_slug)
+        if org is None or role is None:
+            raise DemoError(f"{user.id} is not a member of {org_slug!r}")
+        fields.update(
+            org_id=org.id,
+            org_slug=org.slug,
+            org_role=role,
+            org_permissions=",".join(_PERMISSIONS[role]),
         )
-        cookies = _cookie("__session", token, self.lifetime, http_only=True)
-        cookies += _cookie("__client_uat", str(now), self.lifetime)
-        return _redirect("/", cookies)
+    return fields
 
 
-def _form(body: bytes) -> dict[str, str]:
-    try:
-        text = body[:_MAX_FORM_BYTES].decode()
-    except UnicodeDecodeError:
-        return {}
-    return dict(parse_qsl(text))
+@dataclass
+class _Trip:
+    reason: str
+    started: float
+    redirects: int = 1  # the app's 307 to the Frontend API
+    returned: bool = False
 
 
-def _cookie(
-    name: str, value: str, max_age: int | None = None, *, http_only: bool = False
-) -> list[tuple[str, str]]:
-    parts = [f"{name}={value}", "Path=/", "SameSite=Lax"]
-    if max_age is not None:
-        parts.append(f"Max-Age={max_age}")
-    if http_only:
-        parts.append("HttpOnly")
-    return [("Set-Cookie", "; ".join(parts))]
+@dataclass(frozen=True)
+class HandshakeTrip:
+    """One finished handshake of one browser, as the app's server saw it: from its ``307`` to
+    the Frontend API until the page that ended it was answered."""
+
+    reason: str
+    milliseconds: float
+    redirects: int
+    finished_at: float  # Unix time
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "ms": round(self.milliseconds, 1),
+            "redirects": self.redirects,
+            "seconds_ago": max(0, round(now - self.finished_at)),
+        }
 
 
-def _redirect(location: str, extra: list[tuple[str, str]]) -> Response:
-    headers = [("Location", location), ("Cache-Control", "no-store"), ("Content-Length", "0")]
-    return 303, headers + extra, b""
+class HandshakeWatch:
+    """Follows each browser (by the demo's own cookie) through Clerk's handshake, from the
+    responses the app sends and the requests it gets: the app's ``307`` to
+    ``/v1/client/handshake`` opens a trip, the request that comes back with
+    ``__clerk_handshake_nonce`` is the Frontend API's redirect, a development instance's
+    ``307`` to the clean URL is one more, and the first answer that is not a redirect ends it.
+    Thread-safe; remembers at most ``limit`` browsers."""
+
+    def __init__(
+        self,
+        frontend_api_url: str,
+        *,
+        limit: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._target = frontend_api_url.rstrip("/") + "/v1/client/handshake?"
+        self._limit = limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open: dict[str, _Trip] = {}
+        self._last: dict[str, HandshakeTrip] = {}
+
+    def request(self, browser: str, query: str) -> None:
+        if NONCE_PARAM not in query:
+            return
+        with self._lock:
+            trip = self._open.get(browser)
+            if trip is not None and any(k == NONCE_PARAM for k, _ in parse_qsl(query)):
+                trip.redirects += 1  # the Frontend API sent the browser back with a nonce
+                trip.returned = True
+
+    def response(self, browser: str, status: int, location: str | None) -> None:
+        redirect = 300 <= status < 400
+        with self._lock:
+            trip = self._open.get(browser)
+            if redirect and location is not None and location.startswith(self._target):
+                if trip is None:
+                    reason = dict(parse_qsl(urlsplit(location).query)).get(REASON_PARAM, "")
+                    _bounded_set(self._open, browser, _Trip(reason, self._clock()), self._limit)
+                else:  # the same handshake again (a redirect loop, stopped at 3 by the app)
+                    trip.redirects += 1
+                    trip.returned = False
+            elif trip is not None and trip.returned:
+                if redirect:
+                    trip.redirects += 1  # development: to the URL without the handshake params
+                    return
+                del self._open[browser]
+                elapsed = (self._clock() - trip.started) * 1000
+                done = HandshakeTrip(trip.reason, elapsed, trip.redirects, time.time())
+                _bounded_set(self._last, browser, done, self._limit)
+
+    def last(self, browser: str) -> HandshakeTrip | None:
+        with self._lock:
+            return self._last.get(browser)
+
+
+def _bounded_set(table: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    table.pop(key, None)
+    while len(table) >= limit:
+        del table[next(iter(table))]  # the oldest
+    table[key] = value
+
+
+class DevRoutes:
+    """The demo's routes under ``/dev/``, framework-free (:class:`DevRoutesASGI` and
+    :class:`DevRoutesWSGI` move the bytes):
+
+    * ``GET /dev/sign-in`` — pick a user and an org; each button is a form posted to
+      FakeClerk's Frontend API, which signs the browser in (its ``__client`` cookie) and sends
+      it back to the app with a handshake nonce, exactly as Clerk's hosted sign-in comes back;
+    * ``GET /dev/handshake`` — this browser's last handshake (reason, redirects, duration), for
+      the dashboard.
+
+    Browsers are told apart by a cookie of the demo's own (``demo_browser``)."""
+
+    def __init__(self, clerk: FakeClerk, origins: Sequence[str]) -> None:
+        if not origins:
+            raise DemoError("the demo needs the app's origin")
+        self.clerk = clerk
+        self.origins = tuple(origins)
+        self.watch = HandshakeWatch(clerk.api_url)
+
+    @property
+    def sign_in_action(self) -> str:
+        return f"{self.clerk.api_url}/v1/client/sign_in"
+
+    @property
+    def sign_out_action(self) -> str:
+        return f"{self.clerk.api_url}/v1/client/sign_out"
+
+    def origin(self, host: str) -> str:
+        """The app's origin as the browser sees it, if it is one of the demo's (the Host
+        header decides where the Frontend API sends the browser back), else the first."""
+        asked = f"http://{host}"
+        return asked if asked in self.origins else self.origins[0]
+
+    def handle(self, method: str, path: str, host: str, browser: str) -> Response:
+        if method not in ("GET", "HEAD"):
+            return _html(405, _page("Method not allowed", f"<p>{_back()}</p>"))
+        if path == SIGN_IN_PATH:
+            return _html(200, sign_in_page(self.sign_in_action, self.origin(host) + "/"))
+        if path == HANDSHAKE_PATH:
+            trip = self.watch.last(browser)
+            return _json({"handshake": trip.as_dict(time.time()) if trip else None})
+        return _html(404, _page("Not found", _back()))
+
+
+def browser_of(cookie_header: str) -> str | None:
+    """The demo's browser id from a ``Cookie`` header."""
+    for part in cookie_header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == BROWSER_COOKIE and value:
+            return value
+    return None
+
+
+def _browser_cookie(browser: str) -> tuple[str, str]:
+    return ("Set-Cookie", f"{BROWSER_COOKIE}={browser}; Path=/; SameSite=Lax; HttpOnly")
 
 
 def _html(status: int, text: str) -> Response:
-    body = text.encode()
+    return _bytes(status, "text/html; charset=utf-8", text.encode())
+
+
+def _json(value: Any) -> Response:
+    return _bytes(200, "application/json", json.dumps(value).encode())
+
+
+def _bytes(status: int, content_type: str, body: bytes) -> Response:
     headers = [
-        ("Content-Type", "text/html; charset=utf-8"),
+        ("Content-Type", content_type),
         ("Content-Length", str(len(body))),
         ("Cache-Control", "no-store"),
     ]
@@ -283,7 +396,7 @@ def _page(title: str, content: str) -> str:
 <style>
   body {{ margin: 0; background: #0e1013; color: #e6e8eb;
          font: 14px/1.45 ui-sans-serif, system-ui, -apple-system, "Segoe UI", sans-serif; }}
-  main {{ max-width: 860px; margin: 0 auto; padding: 28px; }}
+  main {{ max-width: 860px; margin: 0 auto; padding: 28px 16px; }}
   h1 {{ font-size: 20px; margin: 0 0 6px; }} h1 span {{ color: #27f795; }}
   p {{ color: #9aa3ad; }} a {{ color: #27f795; }}
   .users {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr));
@@ -296,45 +409,52 @@ def _page(title: str, content: str) -> str:
            border: 1px solid #2a2f37; border-radius: 6px; padding: 7px 10px; font: inherit; }}
   button:hover {{ border-color: #27f795; }}
   button small {{ color: #9aa3ad; float: right; }}
-  .out button {{ width: auto; }}
 </style></head>
 <body><main>{content}</main></body></html>
 """
 
 
-def sign_in_page() -> str:
-    """The development sign-in page: one button per (user, org) and one per personal account."""
+def sign_in_page(action: str, redirect_url: str) -> str:
+    """The development sign-in page: one button per (user, org) and one per personal account,
+    each a form posted to the Frontend API at ``action``, which sends the browser back to
+    ``redirect_url``."""
     cards = []
     for user in USERS:
-        buttons = []
-        for slug, role in user.memberships:
-            org = org_by_slug(slug)
-            assert org is not None
-            buttons.append(_sign_in_button(user, slug, f"{org.name}", role))
-        buttons.append(_sign_in_button(user, "", "Personal account", "no org"))
+        buttons = [
+            _sign_in_button(action, user, slug, org.name, role, redirect_url)
+            for slug, role in user.memberships
+            if (org := org_by_slug(slug)) is not None
+        ]
+        buttons.append(
+            _sign_in_button(action, user, "", "Personal account", "no org", redirect_url)
+        )
         cards.append(
             f'<div class="user"><h2>{html.escape(user.name)}</h2>'
             f"<code>{html.escape(user.id)}</code>{''.join(buttons)}</div>"
         )
     content = f"""
 <h1>Clerk <span>&times;</span> Tinybird — development sign-in</h1>
-<p>Pick a user and an organization. FakeClerk mints the session token and this page sets the
-<code>__session</code> and <code>__client_uat</code> cookies, as Clerk's browser SDK would. Demo
-sessions last an hour; real Clerk session tokens last 60 seconds and are refreshed.</p>
+<p>Pick a user and an organization. The button posts to FakeClerk's Frontend API, which signs
+this browser in and sends it back to the app with a handshake nonce; the middleware trades the
+nonce for the <code>__session</code> and <code>__client_uat</code> cookies, as with Clerk.
+Session tokens live 60 seconds, as in production. This demo has no Clerk browser SDK to
+refresh them, so the first page load after a minute goes through Clerk's handshake, and
+the dashboard shows how long it took.</p>
 <div class="users">{"".join(cards)}</div>
-<form class="out" method="post" action="{SIGN_OUT_PATH}">
-  <button type="submit" id="sign-out">Sign out</button>
-</form>
 <p><a href="/">Go to the dashboard</a></p>
 """
     return _page("Sign in", content)
 
 
-def _sign_in_button(user: DemoUser, slug: str, label: str, role: str) -> str:
+def _sign_in_button(
+    action: str, user: DemoUser, slug: str, label: str, role: str, redirect_url: str
+) -> str:
+    fields = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in sign_in_fields(user, slug, redirect_url).items()
+    )
     return (
-        f'<form method="post" action="{SIGN_IN_PATH}">'
-        f'<input type="hidden" name="user" value="{html.escape(user.id)}">'
-        f'<input type="hidden" name="org" value="{html.escape(slug)}">'
+        f'<form method="post" action="{html.escape(action)}">{fields}'
         f'<button type="submit" data-user="{html.escape(user.name.lower())}" '
         f'data-org="{html.escape(slug or "personal")}">{html.escape(label)}'
         f"<small>{html.escape(role)}</small></button></form>"
@@ -342,50 +462,73 @@ def _sign_in_button(user: DemoUser, slug: str, label: str, role: str) -> str:
 
 
 class DevRoutesASGI:
-    """Serve the :class:`DevSignIn` routes under ``/dev/`` in front of an ASGI app."""
+    """:class:`DevRoutes` in front of an ASGI app: serves ``/dev/``, watches the rest."""
 
-    def __init__(self, app: Any, sign_in: DevSignIn) -> None:
+    def __init__(self, app: Any, routes: DevRoutes) -> None:
         self.app = app
-        self.sign_in = sign_in
+        self.routes = routes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(DEV_PREFIX):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body = b""
-        more = True
-        while more and len(body) <= _MAX_FORM_BYTES:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-        status, headers, payload = self.sign_in.handle(scope["method"], scope["path"], host, body)
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": payload})
+        headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"cookie")}
+        known = browser_of(headers.get(b"cookie", ""))
+        browser = known or secrets.token_urlsafe(12)
+        extra = [] if known else [_browser_cookie(browser)]
+        raw_extra = [(k.lower().encode(), v.encode("latin-1")) for k, v in extra]
+        if scope["path"].startswith(DEV_PREFIX):
+            status, answer, payload = self.routes.handle(
+                scope["method"], scope["path"], headers.get(b"host", ""), browser
+            )
+            raw = [(k.lower().encode(), v.encode("latin-1")) for k, v in answer + extra]
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        watch = self.routes.watch
+        watch.request(browser, scope.get("query_string", b"").decode("latin-1"))
+
+        async def watched(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                sent = message.get("headers", [])
+                location = next((v.decode("latin-1") for k, v in sent if k == b"location"), None)
+                watch.response(browser, message["status"], location)
+                if raw_extra:
+                    message = {**message, "headers": [*sent, *raw_extra]}
+            await send(message)
+
+        await self.app(scope, receive, watched)
 
 
 class DevRoutesWSGI:
-    """Serve the :class:`DevSignIn` routes under ``/dev/`` in front of a WSGI app."""
+    """:class:`DevRoutes` in front of a WSGI app: serves ``/dev/``, watches the rest."""
 
-    def __init__(self, app: WSGIApp, sign_in: DevSignIn) -> None:
+    def __init__(self, app: WSGIApp, routes: DevRoutes) -> None:
         self.app = app
-        self.sign_in = sign_in
+        self.routes = routes
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        known = browser_of(str(environ.get("HTTP_COOKIE", "")))
+        browser = known or secrets.token_urlsafe(12)
+        extra = [] if known else [_browser_cookie(browser)]
         path = str(environ.get("PATH_INFO") or "/")
-        if not path.startswith(DEV_PREFIX):
-            return self.app(environ, start_response)
-        try:
-            length = min(int(environ.get("CONTENT_LENGTH") or 0), _MAX_FORM_BYTES)
-        except ValueError:
-            length = 0
-        body = environ["wsgi.input"].read(length) if length > 0 else b""
-        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-        host = str(environ.get("HTTP_HOST", ""))
-        status, headers, payload = self.sign_in.handle(method, path, host, body)
-        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        return [payload]
+        if path.startswith(DEV_PREFIX):
+            method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+            host = str(environ.get("HTTP_HOST", ""))
+            status, headers, payload = self.routes.handle(method, path, host, browser)
+            start_response(f"{status} {HTTPStatus(status).phrase}", headers + extra)
+            return [payload]
+        watch = self.routes.watch
+        watch.request(browser, str(environ.get("QUERY_STRING", "")))
+
+        def watched(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            location = next((v for k, v in headers if k.lower() == "location"), None)
+            watch.response(browser, int(status.split(" ", 1)[0]), location)
+            return start_response(status, headers + extra, exc_info)
+
+        return self.app(environ, watched)
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -401,6 +544,7 @@ class Demo:
     tinybird: FakeTinybird
     settings: Settings
     is_alive: Callable[[], bool]
+    routes: DevRoutes
 
     @property
     def sign_in_url(self) -> str:
@@ -447,8 +591,8 @@ def load_example(kind: AppKind) -> ModuleType:
 _EXTRA: Mapping[str, str] = {"starlette": "fastapi", "flask": "flask", "django": "django"}
 
 
-def build_app(kind: AppKind, settings: Settings, sign_in: DevSignIn) -> Any:
-    """The example app of ``kind`` wired to the demo settings, behind the dev sign-in."""
+def build_app(kind: AppKind, settings: Settings, routes: DevRoutes) -> Any:
+    """The example app of ``kind`` wired to the demo settings, behind the ``/dev/`` routes."""
     module = load_example(kind)
     factory = getattr(module, "create_app", None)
     if not callable(factory):
@@ -457,15 +601,19 @@ def build_app(kind: AppKind, settings: Settings, sign_in: DevSignIn) -> Any:
         "settings": settings,
         "pipe": PIPE,
         "sign_in_url": SIGN_IN_PATH,
-        "sign_out_url": SIGN_OUT_PATH,
+        "sign_out_url": routes.sign_out_action,
+        "page_config": {
+            "orgs": [org.slug for org in ORGS],
+            "handshakeReport": HANDSHAKE_PATH,
+        },
     }
     # Pass what the factory names (its **kwargs may be setting overrides, not page options).
     parameters = inspect.signature(factory).parameters
     named = {k for k, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
     app = factory(**{k: v for k, v in offered.items() if k in named})
     if kind in ("flask", "django"):
-        return DevRoutesWSGI(app, sign_in)
-    return DevRoutesASGI(app, sign_in)
+        return DevRoutesWSGI(app, routes)
+    return DevRoutesASGI(app, routes)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -513,15 +661,17 @@ def running(
     host: str = "127.0.0.1",
     port: int = 0,
     source: SourceKind = "template",
+    session_lifetime: int = SESSION_LIFETIME,
 ) -> Iterator[Demo]:
-    """Start the fakes and the example app (``port=0``: a free port); stop them on exit."""
+    """Start the fakes and the example app (``port=0``: a free port); stop them on exit.
+    ``session_lifetime``: seconds, of the session tokens FakeClerk mints."""
     if app not in ("starlette", "flask", "django"):
         raise DemoError(f"unknown app {app!r}: use 'starlette', 'flask' or 'django'")
     with contextlib.ExitStack() as stack:
         tinybird = FakeTinybird()
         tinybird.add_pipe(PIPE, seed_rows(), filter=pipe_filter)
         stack.enter_context(tinybird.serve())
-        clerk = FakeClerk()
+        clerk = FakeClerk(session_lifetime=session_lifetime)
         clerk.add_tinybird_template(tinybird.admin_token, tinybird.workspace_id, pipe=PIPE)
         stack.enter_context(clerk.serve())
 
@@ -533,10 +683,11 @@ def running(
         url = f"http://{shown_host}:{bound_port}"
         origins = [url, f"http://127.0.0.1:{bound_port}", f"http://localhost:{bound_port}"]
         settings = demo_settings(clerk, tinybird, origins=origins, source=source)
-        web_app = build_app(app, settings, DevSignIn(clerk))
+        routes = DevRoutes(clerk, origins)
+        web_app = build_app(app, settings, routes)
         if app != "starlette":
             stack.enter_context(serve_wsgi(web_app, host, bound_port))
             alive: Callable[[], bool] = threading.main_thread().is_alive  # no thread exposed
         else:
             alive = stack.enter_context(_serve_asgi(web_app, sock))
-        yield Demo(url, app, clerk, tinybird, settings, alive)
+        yield Demo(url, app, clerk, tinybird, settings, alive, routes)

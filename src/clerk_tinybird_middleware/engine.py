@@ -87,6 +87,9 @@ class Engine:
         self._seen = self.memo.peek  # the warm path's one read (no Python frame of its own)
         self._now = self.clock.time
         self._missing = signed_out(Reason.TOKEN_MISSING)
+        # A development instance sends a page load with no cookies at all through the
+        # handshake (dev-browser-missing), so "no credentials" is only decided cold there.
+        self._no_credentials_warm = self.handshake is None or not self.handshake.development
         self.require_auth = settings.require_auth
         self.token_header = settings.token_header
         self._anonymous = parts.anonymous
@@ -123,7 +126,7 @@ class Engine:
         """
         if query and self.handshake is not None and _mentions_clerk(query):
             return None  # a handshake or dev-browser parameter: the cold path reads it
-        if authorization is None and cookie is None:
+        if authorization is None and cookie is None and self._no_credentials_warm:
             result = self._signed_out_result(self._missing)
             self.metrics.request(result)
             return result
