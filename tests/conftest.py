@@ -8,8 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from leaks import LeakWatch
+from leaks import LeakWatch, SummaryRelay
 from services import RedisServer, need_binary
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(SummaryRelay(config), "clerk-tinybird-summary-relay")
 
 
 @pytest.fixture

@@ -178,3 +178,30 @@ def watch_for_leaks(request: pytest.FixtureRequest, name: str) -> Iterator[LeakW
     )
     if leaks:
         pytest.fail(f"{len(leaks)} secret(s) leaked:\n" + "\n".join(sorted(set(leaks))[:50]))
+
+
+# -- the summary under pytest-xdist ---------------------------------------------------------------
+
+_RELAYED = "clerk_tinybird_summary"
+
+
+class SummaryRelay:
+    """pytest-xdist runs tests in worker processes: each worker hands its summary sections to
+    the controller when it finishes (``workeroutput``), and the controller prints them all."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        output = getattr(self.config, "workeroutput", None)
+        plugin = self.config.pluginmanager.get_plugin(_SUMMARY)
+        if output is not None and isinstance(plugin, Summary):
+            output[_RELAYED] = plugin.sections
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        sections = getattr(node, "workeroutput", {}).get(_RELAYED, {})
+        collected = summary(self.config)
+        for title, lines in sections.items():
+            for line in lines:
+                collected.add(title, line)
