@@ -12,7 +12,7 @@ off during timed loops. Nothing here asserts a timing; the table reports it.
 
 Rows (targets from the project's performance issue):
 
-(a) warm request (valid ``__session`` cookie, cached Tinybird token) / bare Starlette ≤ 1.5x
+(a) warm request (valid ``__session`` cookie, cached Tinybird token) / bare Starlette ≤ 1.2x
 (b) first sight of a new session token (keys and Tinybird token cached) /
     (bare request + one PyJWT RS256 ``jwt.decode`` with a key object) ≤ 1.1x
 (c) our warm request / clerk-backend-api ``authenticate_request`` (networkless, PEM) in a
@@ -21,7 +21,13 @@ Rows (targets from the project's performance issue):
 (e) longest gap of a 1 ms ticker while 100 cold requests wait on a Clerk that answers after
     200 ms (JWKS and template) < 5 ms
 (f) template calls for 1000 requests over 50 tenants = 50
-(g) requests/s under uvicorn (1 worker, loopback, wrk or an httpx loop), ours / bare ≥ 0.9x
+(g) requests/s under uvicorn (1 worker, loopback, wrk or an httpx loop), ours / bare ≥ 0.95x
+(h) refresh ahead: requests that waited > 150 ms while 50 tenants request every 50 ms for 3
+    token lifetimes against a Clerk answering after 300 ms = 50 (each tenant's first)
+(i) warm request through RedisTokenCache / MemoryTokenCache ≈ 1.0x; cold miss via Redis
+(j) warm request with N active sessions / with 100 ≤ 1.2x (N up to 100,000)
+(k) Django + the middleware / a bare Django view ≤ 1.3x
+(l) warm request with an OpenTelemetry SDK collecting / API only ≈ 1.0x (one process each)
 """
 
 from __future__ import annotations
@@ -107,10 +113,11 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
+        """A smoke run (~30 s): every row produces a number; the numbers are not stable."""
         return cls(
-            reps=3, parts=4, n_warm=500, n_cold=60, n_sdk=60, n_httpx=80, n_flask=300,
-            e_reps=2, g_reps=2, g_seconds=1.0, h_tenants=10, h_lifetime=4.0, h_margin=2.5,
-            i_reps=2, i_tenants=5, j_sessions=(100, 1_000), j_samples=2_000,
+            reps=2, parts=2, n_warm=300, n_cold=30, n_sdk=30, n_httpx=40, n_flask=150,
+            e_reps=1, g_reps=1, g_seconds=0.5, h_tenants=5, h_lifetime=4.0, h_margin=2.5,
+            i_reps=1, i_tenants=3, j_sessions=(100, 500), j_samples=1_000,
         )  # fmt: skip
 
 
@@ -463,6 +470,8 @@ async def in_process_table(clerk: Clerk, plan: Plan, only: set[str]) -> dict[str
 
     if "d" in only:
         variants += flask_variants(clerk, warm_cookie, plan, apps, parts)
+    if "k" in only:
+        variants += django_variants(clerk, warm_cookie, plan, apps, parts)
 
     results: dict[str, Variant] = {v.name: v for v in variants}
     try:
@@ -513,6 +522,69 @@ def flask_variants(
         _wsgi_variant("bare flask", bare, lambda rep: cookies, parts),
         _wsgi_variant("flask + ClerkTinybird", ours, lambda rep: cookies, parts),
         _wsgi_variant("flask + WSGI middleware", plain, lambda rep: cookies, parts),
+    ]
+
+
+class _URLConf:
+    """A URL configuration object (what Django's ``request.urlconf`` may hold)."""
+
+    def __init__(self, urlpatterns: list[Any]) -> None:
+        self.urlpatterns = urlpatterns
+
+
+def django_app(urlconf: _URLConf) -> Any:
+    """Django's own WSGI handler (the chain in ``settings.MIDDLEWARE`` when it is built),
+    routing with ``urlconf``: one view answering ``ok``."""
+    from django.core.handlers.wsgi import WSGIHandler
+
+    class Handler(WSGIHandler):  # type: ignore[misc]
+        def get_response(self, request: Any) -> Any:
+            request.urlconf = urlconf
+            return super().get_response(request)
+
+    return Handler()
+
+
+def django_variants(
+    clerk: Clerk, warm_cookie: str, plan: Plan, apps: list[Any], parts: int
+) -> list[Variant]:
+    """A bare Django view, and the same with ``clerk_tinybird_middleware.django`` in
+    ``MIDDLEWARE`` (Django's handler called directly with environs, as a WSGI server would)."""
+    try:
+        import django
+        from django.conf import settings as django_settings
+        from django.http import HttpResponse
+        from django.test.utils import override_settings
+        from django.urls import path
+
+        from clerk_tinybird_middleware.django import ClerkTinybirdMiddleware as DjangoMiddleware
+    except ImportError:
+        return []
+    if not django_settings.configured:
+        django_settings.configure(
+            DEBUG=False,
+            SECRET_KEY="benchmark-only",
+            ALLOWED_HOSTS=["bench.local"],
+            ROOT_URLCONF=None,
+            MIDDLEWARE=[],
+            INSTALLED_APPS=[],
+            DATABASES={},
+            USE_TZ=True,
+            LOGGING_CONFIG=None,
+        )
+        django.setup()
+    urlconf = _URLConf([path("", lambda request: HttpResponse("ok"))])
+    bare = django_app(urlconf)
+    middleware = ["clerk_tinybird_middleware.django.ClerkTinybirdMiddleware"]
+    with override_settings(MIDDLEWARE=middleware), DjangoMiddleware.configured(clerk.settings()):
+        ours = django_app(urlconf)
+    check(wsgi_response(bare, wsgi_environ(warm_cookie))[0].startswith("200"), "django: bare")
+    status, headers = wsgi_response(ours, wsgi_environ(warm_cookie))
+    check(status.startswith("200") and "x-tinybird-token" in headers, "django: no token")
+    cookies = [warm_cookie] * plan.n_flask
+    return [
+        _wsgi_variant("bare django", bare, lambda rep: cookies, parts),
+        _wsgi_variant("django + middleware", ours, lambda rep: cookies, parts),
     ]
 
 
@@ -896,7 +968,7 @@ def render(rows: list[Row], machine: dict[str, Any], plan: Plan) -> str:
         "versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
         f"package: {machine['package']}; load average at start: "
         + " ".join(str(x) for x in machine["load_average"]),
-        f"(a)-(d): median over {plan.reps} interleaved repetitions of the ratio within each;"
+        f"(a)-(d), (k): median over {plan.reps} interleaved repetitions of the ratio within each;"
         " GC off in timed loops; requests driven straight into the ASGI/WSGI app."
         f" (e): median of {plan.e_reps} bursts. (g): median of {plan.g_reps} runs per server.",
         "",
@@ -955,7 +1027,7 @@ async def measure(plan: Plan, only: set[str], slow: SlowClerk | None) -> tuple[l
         public_key = fake.private_key.public_key()
         clerk = Clerk(fake, url, public_key)
         v: dict[str, Variant] = {}
-        if only & set("abcd"):
+        if only & set("abcdk"):
             _progress("in-process variants (a-d)")
             v = await in_process_table(clerk, plan, only)
             raw["ns_per_request"] = {name: var.samples for name, var in v.items()}
@@ -977,6 +1049,9 @@ async def measure(plan: Plan, only: set[str], slow: SlowClerk | None) -> tuple[l
                                   "flask + ClerkTinybird", "bare flask", 1.3))  # fmt: skip
             rows.append(ratio_row("d", "  same, WSGI middleware only", v,
                                   "flask + WSGI middleware", "bare flask", 1.3))  # fmt: skip
+        if "k" in only:
+            rows.append(ratio_row("k", "Django + middleware / bare Django view", v,
+                                  "django + middleware", "bare django", 1.3))  # fmt: skip
         if "e" in only and slow is not None:
             _progress("(e) cold burst against a 200 ms Clerk")
             idle = await idle_gap()
@@ -1045,7 +1120,72 @@ async def measure(plan: Plan, only: set[str], slow: SlowClerk | None) -> tuple[l
         if "j" in only:
             _progress("(j) many active sessions")
             rows += await sessions_table(clerk.fake, plan)
+        if "l" in only:
+            _progress("(l) metrics on and off, one process each")
+            rows.append(await asyncio.to_thread(metrics_row, plan))
     return rows, raw
+
+
+# -- (l) the warm path with an OpenTelemetry SDK collecting, and without -----------------------
+
+
+def metrics_probe(mode: str, quick: bool) -> dict[str, float]:
+    """In a process of its own (an SDK's MeterProvider is process-wide): the warm request /
+    bare Starlette ratio with ``mode`` ``on`` (the OpenTelemetry SDK's MeterProvider with an
+    in-memory reader, collected once the timing is done) or ``off`` (the API only, no SDK)."""
+    reader = None
+    if mode == "on":
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    plan = Plan.quick() if quick else Plan()
+    fake = FakeClerk()
+    tinybird = FakeTinybird()
+    fake.add_tinybird_template(tinybird.admin_token, tinybird.workspace_id)
+    with fake.serve() as url:
+        clerk = Clerk(fake, url, fake.private_key.public_key())
+        variants = asyncio.run(in_process_table(clerk, plan, {"a"}))
+    collected = 0
+    if reader is not None:
+        data = reader.get_metrics_data()
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                collected += len(scope.metrics)
+    ours, bare = variants["ours warm (JWKS)"], variants["bare starlette"]
+    return {
+        "ratio": _ratios(ours, bare),
+        "ours_ns": statistics.median(ours.samples),
+        "instruments": collected,
+    }
+
+
+def metrics_row(plan: Plan) -> Row:
+    quick = plan.reps < Plan().reps
+    results = {}
+    for mode in ("off", "on"):
+        done = subprocess.run(
+            [sys.executable, __file__, "--metrics-probe", mode, *(["--quick"] if quick else [])],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            return Row("l", "warm request, OpenTelemetry SDK on / off", None, "x", "≈ 1.0x",
+                       None, f"probe failed: {done.stderr.strip()[-200:]}")  # fmt: skip
+        results[mode] = json.loads(done.stdout)
+    ratio = results["on"]["ratio"] / results["off"]["ratio"]
+    return Row(
+        "l", "warm request, OpenTelemetry SDK on / off", ratio, "x", "≈ 1.0x",
+        abs(ratio - 1) <= 0.05,
+        f"(ours/bare) {results['on']['ratio']:.2f}x with an SDK reader vs"
+        f" {results['off']['ratio']:.2f}x API only ({results['on']['ours_ns'] / 1000:.1f} vs"
+        f" {results['off']['ours_ns'] / 1000:.1f} µs); {results['on']['instruments']} instruments"
+        " collected; one process each",
+    )  # fmt: skip
 
 
 async def refresh_row(plan: Plan) -> Row:
@@ -1116,12 +1256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     parser.add_argument("--json", metavar="PATH", help="also write results as JSON (- = stdout)")
-    parser.add_argument("--only", default="abcdefghij", help="rows to run, e.g. a,b,e")
+    parser.add_argument("--only", default="abcdefghijkl", help="rows to run, e.g. a,b,e")
+    parser.add_argument("--metrics-probe", choices=("on", "off"), help=argparse.SUPPRESS)
     parser.add_argument("--serve", choices=SERVER_KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve, args.port)
+        return 0
+    if args.metrics_probe:
+        print(json.dumps(metrics_probe(args.metrics_probe, args.quick)))
         return 0
 
     plan = Plan.quick() if args.quick else Plan()
