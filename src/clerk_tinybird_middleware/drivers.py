@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import importlib
 import logging
 import ssl
 import threading
@@ -22,6 +24,11 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
+# Not used here, but imported by httpcore on every async lock it sets up (several per call):
+# when it is missing, the failed import is not cached and each call pays ~0.6 ms of CPU on the
+# event loop searching sys.path (encode/httpcore#1103). Installed and imported, it is a dict hit.
+import sniffio  # noqa: F401
+
 from .core.ops import Flow, HttpRequest, HttpResponse, Join, RedisCall, Sleep, Spawn
 
 __all__ = ["AsyncDriver", "SharedFlowAborted", "SyncDriver"]
@@ -29,7 +36,12 @@ __all__ = ["AsyncDriver", "SharedFlowAborted", "SyncDriver"]
 logger = logging.getLogger("clerk_tinybird_middleware")
 T = TypeVar("T")
 
-UPSTREAM_SLOTS = 32  # upstream calls in flight per event loop (per process for WSGI)
+# Upstream calls in flight per event loop. Each httpx call costs ~1 ms of CPU on the loop over
+# a handful of steps; 16 at once keep a burst of cold requests from holding the loop for more
+# than ~5 ms per tick (32: ~13 ms), at the price of queueing: 100 cold tenants against a
+# 200 ms Clerk are served in ~1.7 s instead of ~1.1 s (benchmarks/run.py row (e)).
+UPSTREAM_SLOTS = 16
+SYNC_UPSTREAM_THREADS = 32  # WSGI: blocking upstream calls in flight per process
 WAKE_BATCH = 8  # waiters of one shared flow resumed per event-loop iteration
 PACE = 4  # flow steps run per event-loop iteration; the others wait for the next one
 BACKGROUND_THREADS = 4  # WSGI: refresh-ahead workers
@@ -111,6 +123,7 @@ class AsyncDriver:
     async def run(self, flow: Generator[Any, Any, T]) -> T:
         value: Any = None
         error: BaseException | None = None
+        await self._pace()  # a burst of new requests starts PACE per iteration, not all at once
         try:
             while True:
                 try:
@@ -158,9 +171,12 @@ class AsyncDriver:
     # -- HTTP --------------------------------------------------------------------------------
 
     def _new_client(self) -> httpx.AsyncClient:
-        """Runs in a worker thread: the first call imports httpx's transport and loads CAs."""
+        """Runs in a worker thread: loads the CAs and imports what httpx's first async call
+        would otherwise import on the event loop (anyio's asyncio backend, ~20 ms)."""
         if self._tls is None:
             self._tls = httpx.create_ssl_context()
+            with contextlib.suppress(ImportError):
+                importlib.import_module("anyio._backends._asyncio")
         return httpx.AsyncClient(
             verify=self._tls,
             limits=httpx.Limits(max_keepalive_connections=0),
@@ -284,7 +300,7 @@ class SyncDriver:
         self._sleep = sleep
         self._client = httpx.Client(follow_redirects=False)
         self._calls = concurrent.futures.ThreadPoolExecutor(
-            UPSTREAM_SLOTS, thread_name_prefix="clerk-tinybird-call"
+            SYNC_UPSTREAM_THREADS, thread_name_prefix="clerk-tinybird-call"
         )
         self._background = concurrent.futures.ThreadPoolExecutor(
             BACKGROUND_THREADS, thread_name_prefix="clerk-tinybird-refresh"
