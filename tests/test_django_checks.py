@@ -119,6 +119,11 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
         ["E023"],
     ),
     (
+        "memo-bound",
+        {"CLERK_SECRET_KEY": SECRET, "CLERK_TINYBIRD_MEMO_MB": "0"},
+        ["E024"],
+    ),
+    (
         "every-bad-value-at-once",
         {
             "CLERK_SECRET_KEY": SECRET,

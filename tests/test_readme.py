@@ -747,13 +747,13 @@ def test_the_settings_table_is_the_settings_class() -> None:
 
 
 def test_django_check_ids_follow_the_settings_table() -> None:
-    """README: E002…E023, one per setting in the table's order, CLERK_SECRET_KEY first."""
+    """README: E002…E024, one per setting in the table's order, CLERK_SECRET_KEY first."""
     table = [env for _, env, _, _ in _table("Settings")]
     by_id = sorted(ERROR_IDS.items(), key=lambda item: item[1])
     assert [number for _, number in by_id] == [f"E{n:03d}" for n in range(2, 2 + len(by_id))]
     assert [env for env, _ in by_id] == [env for env in table if env in ERROR_IDS]
     assert by_id[0] == ("CLERK_SECRET_KEY", "E002")
-    assert by_id[-1] == ("CLERK_TINYBIRD_REFRESH_MARGIN", "E023")
+    assert by_id[-1] == ("CLERK_TINYBIRD_MEMO_MB", "E024")
 
 
 def _outcome(cell: str) -> str:

@@ -200,3 +200,23 @@ def test_typed_overrides_cover_every_field() -> None:
     from clerk_tinybird_middleware.settings import SettingOverrides
 
     assert set(SettingOverrides.__annotations__) == {f.name for f in fields(Settings)}
+
+
+def test_an_empty_variable_is_unset() -> None:
+    """``FOO=`` in a shell or a ``.env`` file means "not set": the default, not false or an
+    error — except the token header, where empty means no header."""
+    settings = Settings.from_env(
+        {
+            "CLERK_SECRET_KEY": "sk_test_" + "x" * 40,
+            "CLERK_TINYBIRD_HANDSHAKE": "",
+            "CLERK_CLOCK_SKEW_SECONDS": "",
+            "TINYBIRD_TOKEN_LIFETIME": "",
+            "CLERK_PROXY_URL": "",
+            "CLERK_TINYBIRD_TOKEN_HEADER": "",
+        }
+    )
+    assert settings.handshake is True
+    assert settings.clock_skew_seconds == 5
+    assert settings.tinybird_token_lifetime == 600
+    assert settings.proxy_url is None
+    assert settings.token_header is None

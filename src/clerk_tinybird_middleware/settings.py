@@ -47,7 +47,7 @@ class SettingOverrides(TypedDict, total=False):
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _env(name: str) -> dict[str, str]:
@@ -155,9 +155,14 @@ class Settings:
 
 
 def raw_values(environ: Mapping[str, Any]) -> dict[str, Any]:
-    """Field name → raw value, for every field whose environment variable is in ``environ``."""
+    """Field name → raw value, for every field whose environment variable is set in
+    ``environ``. An empty variable is unset (``FOO=`` in a shell or ``.env`` file), except
+    ``CLERK_TINYBIRD_TOKEN_HEADER``, where empty means "no header"."""
     return {
-        f.name: environ[f.metadata["env"]] for f in fields(Settings) if f.metadata["env"] in environ
+        f.name: environ[f.metadata["env"]]
+        for f in fields(Settings)
+        if f.metadata["env"] in environ
+        and (environ[f.metadata["env"]] != "" or f.name == "token_header")
     }
 
 
@@ -233,6 +238,8 @@ def _coerce(name: str, env: str, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
+        if not text:  # an empty variable is unset, as for keys and URLs
+            return Settings.__dataclass_fields__[name].default
         if text in _TRUE:
             return True
         if text in _FALSE:

@@ -34,6 +34,7 @@ fix):
 ``clerk_tinybird.E021``     ``CLERK_TINYBIRD_EXCLUDE_PATHS``
 ``clerk_tinybird.E022``     ``CLERK_TINYBIRD_REDIS_URL`` (malformed, or redis not installed)
 ``clerk_tinybird.E023``     ``CLERK_TINYBIRD_REFRESH_MARGIN`` (e.g. not shorter than the lifetime)
+``clerk_tinybird.E024``     ``CLERK_TINYBIRD_MEMO_MB``
 ``clerk_tinybird.E099``     any other configuration error
 ==========================  ==================================================================
 
@@ -94,6 +95,7 @@ ERROR_IDS: dict[str, str] = {
     "CLERK_TINYBIRD_EXCLUDE_PATHS": "E021",
     "CLERK_TINYBIRD_REDIS_URL": "E022",
     "CLERK_TINYBIRD_REFRESH_MARGIN": "E023",
+    "CLERK_TINYBIRD_MEMO_MB": "E024",
 }
 NO_KEY_ID = "E001"
 OTHER_ERROR_ID = "E099"

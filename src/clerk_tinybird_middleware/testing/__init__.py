@@ -9,8 +9,10 @@ Use them to test apps built on this package with no account and no network::
         token = clerk.session_token("user_1", org={"id": "org_1", "slug": "acme"})
         ...
 
-The pytest plugin (installed with the package) provides ``fake_clerk`` and ``fake_tinybird``
-fixtures, already serving.
+The pytest plugin ``clerk_tinybird_middleware.testing.pytest_plugin`` provides
+``fake_clerk`` and ``fake_tinybird`` fixtures, already serving. It is opt-in: add
+``-p clerk_tinybird_middleware.testing.pytest_plugin`` to pytest's ``addopts``, or
+``pytest_plugins = ["clerk_tinybird_middleware.testing.pytest_plugin"]`` to a ``conftest.py``.
 """
 
 from __future__ import annotations

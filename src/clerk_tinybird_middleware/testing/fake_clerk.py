@@ -432,11 +432,11 @@ class FakeClerk(LoopbackFake):
         """A Tinybird JWT template: one ``PIPES:READ`` scope on ``pipe`` with ``fixed_params``
         ``org={{org.slug}}`` and ``user={{user.id}}``, signed HS256 with the admin token.
 
-        The original Next.js project's template was named ``"name": "frontend_jwt"`` (one
-        Tinybird rate-limit bucket for every tenant) and pinned only ``org``, with pipes written
-        ``{% if defined(org) %}`` — a user with no active org got a token whose null ``org`` the
-        pipe ignores, reading every tenant's rows. This one names the token per org
-        (``frontend_jwt_{{org.id}}``) and pins both org and user.
+        The original Next.js project's template had the same ``fixed_params`` but was named
+        ``"name": "frontend_jwt"`` (one Tinybird rate-limit bucket for every tenant), and its
+        pipe filtered with ``{% if defined(org) %}`` — a user with no active org got a token
+        whose null ``org`` the pipe skips, reading that user's rows in every org. This one
+        names the token per org (``frontend_jwt_{{org.id}}``); the package refuses null pins.
         """
         self.add_template(
             name,
