@@ -405,7 +405,6 @@ class Clerk:
 async def in_process_table(clerk: Clerk, plan: Plan, only: set[str]) -> dict[str, Variant]:
     warm_token = clerk.token()
     warm_cookie = f"__session={warm_token}"
-    session_id = pyjwt.decode(warm_token, options={"verify_signature": False})["sid"]
 
     def warm(n: int) -> Callable[[int], list[str]]:
         return lambda rep: [warm_cookie] * n
@@ -437,10 +436,16 @@ async def in_process_table(clerk: Clerk, plan: Plan, only: set[str]) -> dict[str
         ]
 
     if "b" in only:
-        # Distinct token strings for one session (same user, org and sid): new to the
-        # verifier, while the keys and the tenant's Tinybird token are cached.
+        # Distinct token strings for one session of another user of the org (so the memo's
+        # per-user bound never evicts row (a)'s session): new to the verifier, while the keys
+        # and the tenant's Tinybird token are cached.
+        cold_user = "user_bench_b"
+        first = clerk.token(cold_user)
+        status, headers = await asgi_response(ours, asgi_scope(f"__session={first}"))
+        check(status == 200 and b"x-tinybird-token" in headers, "cold user got no token")
+        cold_sid = pyjwt.decode(first, options={"verify_signature": False})["sid"]
         cold = [
-            [clerk.token(session_id=session_id) for _ in range(plan.n_cold)]
+            [clerk.token(cold_user, session_id=cold_sid) for _ in range(plan.n_cold)]
             for _ in range(plan.reps)
         ]
         cookies = [[f"__session={token}" for token in tokens] for tokens in cold]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -148,8 +149,14 @@ def _v2_permissions(org: Mapping[str, Any], features: Any) -> tuple[str, ...]:
     ``org:<feature>:<per[j]>`` (least significant bit first). Every ``o``-scoped entry of
     ``fea`` counts — an empty name included, so a malformed entry cannot shift the masks of
     the ones after it; ``u:``-only features do not."""
-    permissions = _split(org.get("per"))
-    masks = _split(org.get("fpm"))
+    texts = (org.get("per"), org.get("fpm"), features)
+    return _grants(*(text if isinstance(text, str) else "" for text in texts))
+
+
+@functools.lru_cache(maxsize=1024)  # a user's every session token carries the same three
+def _grants(per: str, fpm: str, features: str) -> tuple[str, ...]:
+    permissions = _split(per)
+    masks = _split(fpm)
     org_features = []
     for entry in _split(features):
         scope, sep, name = entry.partition(":")

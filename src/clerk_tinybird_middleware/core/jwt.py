@@ -59,12 +59,21 @@ class ParsedJWT:
     signature: bytes
 
 
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_PADDING = ("", "", "==", "=")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+#: The bits of the last character that encode no data, by segment length modulo 4.
+_SPARE_BITS = (0, 0, 0x0F, 0x03)
+
+
 def b64url_decode(segment: str) -> bytes:
-    if len(segment) % 4 == 1:
+    rest = len(segment) % 4
+    if rest == 1:
         raise MalformedJWT("bad base64url length")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
+        data = (segment + _PADDING[rest]).encode("ascii").translate(_URLSAFE)
+        return binascii.a2b_base64(data)
+    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
         raise MalformedJWT("bad base64url") from None
 
 
@@ -117,11 +126,12 @@ def parse(token: str) -> ParsedJWT:
 
 def _canonical(segment: str) -> bytes:
     """The bytes of ``segment`` if it is their one canonical base64url encoding (no spare bits
-    set in the last character, as Clerk's decoder requires), else :class:`MalformedJWT`."""
-    raw = b64url_decode(segment)
-    if b64url_encode(raw) != segment:
+    set in the last character, as Clerk's decoder requires), else :class:`MalformedJWT`.
+    ``segment`` is already known to be base64url characters only."""
+    spare = _SPARE_BITS[len(segment) % 4]
+    if spare and _ALPHABET.index(segment[-1]) & spare:
         raise MalformedJWT("non-canonical base64url")
-    return raw
+    return b64url_decode(segment)
 
 
 def read_payload(segment: str) -> dict[str, Any]:

@@ -110,9 +110,14 @@ def cache_key(namespace: str, session: ClerkSession, variant: str = "") -> str:
     """(source, user, org) — with the org's slug and the user's role in it (a token may pin
     either, and a demoted admin must not keep an admin's token), the session when someone is
     impersonating the user, and whatever else the source says its token depends on."""
-    parts = (session.user_id, session.org_id or "", session.org_slug or "", session.org_role or "")
+    user, org, slug, role = (
+        session.user_id,
+        session.org_id or "",
+        session.org_slug or "",
+        session.org_role or "",
+    )
     # Length-prefixed, so no choice of ids can make two tenants' keys collide.
-    key = namespace + "".join(f"|{len(part)}:{part}" for part in parts)
+    key = f"{namespace}|{len(user)}:{user}|{len(org)}:{org}|{len(slug)}:{slug}|{len(role)}:{role}"
     if session.actor is not None:
         key += f"|act:{session.session_id}"
     return f"{key}|{variant}" if variant else key
