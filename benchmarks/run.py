@@ -115,9 +115,10 @@ class Plan:
     def quick(cls) -> Plan:
         """A smoke run (~30 s): every row produces a number; the numbers are not stable."""
         return cls(
-            reps=2, parts=2, n_warm=300, n_cold=30, n_sdk=30, n_httpx=40, n_flask=150,
-            e_reps=1, g_reps=1, g_seconds=0.5, h_tenants=5, h_lifetime=4.0, h_margin=2.5,
-            i_reps=1, i_tenants=3, j_sessions=(100, 500), j_samples=1_000,
+            reps=2, parts=2, n_warm=150, n_cold=20, n_sdk=20, n_httpx=20, n_flask=60,
+            e_reps=1, e_users=30, f_requests=300, f_tenants=30, g_reps=1, g_seconds=0.5,
+            h_tenants=5, h_lifetime=4.0,
+            h_margin=2.5, i_reps=1, i_tenants=3, j_sessions=(100, 300), j_samples=600,
         )  # fmt: skip
 
 
