@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from clerk_tinybird_middleware.core.ops import HttpRequest, HttpResponse, Join, Sleep, Spawn
+from clerk_tinybird_middleware.core.ops import HttpRequest, HttpResponse, Join, Sleep, Spawn, drive
 from clerk_tinybird_middleware.core.request import RequestAuth, request_url
 from clerk_tinybird_middleware.engine import Engine
 
@@ -81,18 +81,7 @@ class Stepper:
     spawned: list[Spawn] = field(default_factory=list)
 
     def run(self, flow: Generator[Any, Any, T]) -> T:
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                op = flow.send(value) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value = error = None
-            try:
-                value = self._execute(op)
-            except Exception as exc:
-                error = exc
+        return drive(flow, self._execute)
 
     def _execute(self, op: Any) -> Any:
         if isinstance(op, HttpRequest):

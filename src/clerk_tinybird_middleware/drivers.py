@@ -29,7 +29,7 @@ import httpx
 # event loop searching sys.path (encode/httpcore#1103). Installed and imported, it is a dict hit.
 import sniffio  # noqa: F401
 
-from .core.ops import Flow, HttpRequest, HttpResponse, Join, RedisCall, Sleep, Spawn
+from .core.ops import Flow, HttpRequest, HttpResponse, Join, RedisCall, Sleep, Spawn, drive
 
 __all__ = ["AsyncDriver", "SharedFlowAborted", "SyncDriver"]
 
@@ -312,21 +312,7 @@ class SyncDriver:
         return "SyncDriver()"
 
     def run(self, flow: Generator[Any, Any, T]) -> T:
-        value: Any = None
-        error: BaseException | None = None
-        try:
-            while True:
-                try:
-                    op = flow.send(value) if error is None else flow.throw(error)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-                value = error = None
-                try:
-                    value = self._execute(op)
-                except Exception as exc:
-                    error = exc
-        finally:
-            flow.close()
+        return drive(flow, self._execute)
 
     def _execute(self, op: Any) -> Any:
         kind = type(op)

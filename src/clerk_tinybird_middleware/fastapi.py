@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from fastapi import Depends, HTTPException, Request
 
@@ -68,11 +68,14 @@ def get_tinybird_token(request: Request) -> TinybirdToken | None:
     return getattr(request.state, "tinybird_token", None)
 
 
+def _raise(denial: responses.Denial) -> NoReturn:
+    raise HTTPException(denial.status, detail=denial.body, headers=denial.headers)
+
+
 def require_session(auth: Annotated[AuthResult, Depends(get_auth)]) -> ClerkSession:
     """The session; 401 (with ``WWW-Authenticate``) when signed out."""
     if auth.session is None:
-        body, headers = responses.unauthenticated(auth)
-        raise HTTPException(401, detail=body, headers=headers)
+        _raise(responses.unauthenticated_denial(auth))
     return auth.session
 
 
@@ -83,9 +86,9 @@ def require_org(
     ``permission`` (``role`` with or without the ``org:`` prefix)."""
 
     def dependency(session: Annotated[ClerkSession, Depends(require_session)]) -> ClerkSession:
-        denied = responses.forbidden(session, role, permission)
+        denied = responses.deny_membership(session, role, permission)
         if denied is not None:
-            raise HTTPException(403, detail=denied)
+            _raise(denied)
         return session
 
     return dependency
@@ -97,16 +100,16 @@ def require_tinybird_token(
     """The Tinybird token; 401 when signed out (and no anonymous token), 503 with the reason
     (and ``Retry-After`` after a Clerk 429) when it could not be had."""
     token = get_tinybird_token(request)
-    if token is not None:
-        return token
-    if auth.session is None:
-        body, headers = responses.unauthenticated(auth)
-        raise HTTPException(401, detail=body, headers=headers)
-    body, headers = responses.token_unavailable(
-        getattr(request.state, "tinybird_token_error", None),
-        getattr(request.state, "tinybird_token_retry_after", None),
-    )
-    raise HTTPException(503, detail=body, headers=headers)
+    if token is None:
+        state = request.state
+        _raise(
+            responses.token_denial(
+                auth,
+                getattr(state, "tinybird_token_error", None),
+                getattr(state, "tinybird_token_retry_after", None),
+            )
+        )
+    return token
 
 
 SessionDep = Annotated[ClerkSession, Depends(require_session)]

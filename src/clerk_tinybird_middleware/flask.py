@@ -171,34 +171,29 @@ def _json(status: int, body: Mapping[str, Any], headers: Mapping[str, str]) -> R
     return Response(json.dumps(body), status, dict(headers), mimetype="application/json")
 
 
-def _unauthenticated(auth: AuthResult | None) -> Response:
-    body, headers = responses.unauthenticated(auth)
-    return _json(401, body, headers)
+def _render(denial: responses.Denial | None) -> Response | None:
+    return None if denial is None else _json(denial.status, denial.body, denial.headers)
 
 
 def _session_denial() -> Response | None:
-    auth = _current_auth()
-    return _unauthenticated(auth) if auth is None or auth.session is None else None
+    return _render(responses.deny_session(_current_auth()))
 
 
 def _org_denial(role: str | None, permission: str | None) -> Response | None:
-    auth = _current_auth()
-    if auth is None or auth.session is None:
-        return _unauthenticated(auth)
-    body = responses.forbidden(auth.session, role, permission)
-    return None if body is None else _json(403, body, {"Cache-Control": "no-store"})
+    return _render(responses.deny_org(_current_auth(), role, permission))
 
 
 def _token_denial() -> Response | None:
-    if _current("tinybird_token") is not None:
+    token = _current("tinybird_token")
+    if token is not None:
         return None
-    auth = _current_auth()
-    if auth is None or auth.session is None:
-        return _unauthenticated(auth)
-    body, headers = responses.token_unavailable(
-        _current("tinybird_token_error"), _current("tinybird_token_retry_after")
+    return _render(
+        responses.token_denial(
+            _current_auth(),
+            _current("tinybird_token_error"),
+            _current("tinybird_token_retry_after"),
+        )
     )
-    return _json(503, body, headers)
 
 
 def _guard(view: View, deny: Callable[[], Response | None]) -> View:

@@ -26,6 +26,7 @@ __all__ = [
     "Sleep",
     "Spawn",
     "SystemClock",
+    "drive",
     "request_with_retries",
     "run_inline",
 ]
@@ -159,6 +160,27 @@ def request_with_retries(
                 break
             yield Sleep(pause)
     return response
+
+
+def drive(flow: Generator[Op, Any, T], execute: Callable[[Any], Any]) -> T:
+    """Run ``flow`` to its end, blocking: each operation's result from ``execute`` is sent
+    back, and an exception it raises is thrown into the flow, which decides what it means.
+    (The async driver is this loop with ``await`` on ``execute``.)"""
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            try:
+                op = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value = error = None
+            try:
+                value = execute(op)
+            except Exception as exc:
+                error = exc
+    finally:
+        flow.close()
 
 
 def run_inline(flow: Generator[Op, Any, T]) -> T:

@@ -18,11 +18,17 @@ from .claims import Reason
 
 __all__ = [
     "Answer",
+    "Denial",
     "HeaderRule",
+    "deny_membership",
+    "deny_org",
+    "deny_session",
     "forbidden",
+    "token_denial",
     "token_unavailable",
     "unauthenticated",
     "unauthenticated_answer",
+    "unauthenticated_denial",
 ]
 
 #: Handler headers a response with a token loses: every cache directive a shared cache (or
@@ -113,6 +119,55 @@ def token_unavailable(
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return body, headers
+
+
+# -- the guards (FastAPI dependencies, Flask and Django decorators render these) -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a guarded handler does not run: the status, the JSON body and its headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def unauthenticated_denial(auth: AuthResult | None) -> Denial:
+    """The 401 of a guard (``auth`` None: the middleware did not see the request)."""
+    body, headers = unauthenticated(auth)
+    return Denial(401, body, headers)
+
+
+def deny_session(auth: AuthResult | None) -> Denial | None:
+    """401 unless signed in."""
+    if auth is not None and auth.session is not None:
+        return None
+    return unauthenticated_denial(auth)
+
+
+def deny_membership(
+    session: ClerkSession, role: str | None, permission: str | None
+) -> Denial | None:
+    """403 when ``session`` has no active org, or lacks ``role`` or ``permission``."""
+    body = forbidden(session, role, permission)
+    return None if body is None else Denial(403, body, {"Cache-Control": "no-store"})
+
+
+def deny_org(auth: AuthResult | None, role: str | None, permission: str | None) -> Denial | None:
+    """401 when signed out; else :func:`deny_membership`."""
+    if auth is None or auth.session is None:
+        return unauthenticated_denial(auth)
+    return deny_membership(auth.session, role, permission)
+
+
+def token_denial(auth: AuthResult | None, error: str | None, retry_after: float | None) -> Denial:
+    """A request with no Tinybird token: 401 when signed out (and no anonymous token), else
+    503 with the reason (``Retry-After`` after a Clerk 429)."""
+    if auth is None or auth.session is None:
+        return unauthenticated_denial(auth)
+    body, headers = token_unavailable(error, retry_after)
+    return Denial(503, body, headers)
 
 
 def response_tail(

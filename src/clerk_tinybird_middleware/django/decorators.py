@@ -60,35 +60,29 @@ def _auth(request: Any) -> AuthResult | None:
     return auth
 
 
-def _unauthenticated(auth: AuthResult | None) -> Any:
-    body, headers = responses.unauthenticated(auth)
-    return _json(401, body, headers)
+def _render(denial: responses.Denial | None) -> Any:
+    return None if denial is None else _json(denial.status, denial.body, denial.headers)
 
 
 def _session_denial(request: Any) -> Any:
-    auth = _auth(request)
-    return _unauthenticated(auth) if auth is None or auth.session is None else None
+    return _render(responses.deny_session(_auth(request)))
 
 
 def _org_denial(request: Any, role: str | None, permission: str | None) -> Any:
-    auth = _auth(request)
-    if auth is None or auth.session is None:
-        return _unauthenticated(auth)
-    body = responses.forbidden(auth.session, role, permission)
-    return None if body is None else _json(403, body, {"Cache-Control": "no-store"})
+    return _render(responses.deny_org(_auth(request), role, permission))
 
 
 def _token_denial(request: Any) -> Any:
-    if getattr(request, "tinybird_token", None) is not None:
+    token = getattr(request, "tinybird_token", None)
+    if token is not None:
         return None
-    auth = _auth(request)
-    if auth is None or auth.session is None:
-        return _unauthenticated(auth)
-    body, headers = responses.token_unavailable(
-        getattr(request, "tinybird_token_error", None),
-        getattr(request, "tinybird_token_retry_after", None),
+    return _render(
+        responses.token_denial(
+            _auth(request),
+            getattr(request, "tinybird_token_error", None),
+            getattr(request, "tinybird_token_retry_after", None),
+        )
     )
-    return _json(503, body, headers)
 
 
 def _request_of(view: Callable[..., Any], args: tuple[Any, ...]) -> Any:
