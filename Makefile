@@ -56,7 +56,7 @@ typecheck: $(STAMP)
 # pytest exits 5 when it collected nothing (e.g. a -k filter): report it, do not fail.
 # Three workers (pytest-xdist), one test file each at a time: many tests wait on sockets,
 # servers and real timeouts, so three processes keep two cores busy.
-PYTEST_ARGS ?= -n 3 --dist loadfile
+PYTEST_ARGS ?= -n 3 --dist loadfile --durations=10
 pytest: $(STAMP)
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected (exit 5)"; rc=0; fi; exit $$rc
