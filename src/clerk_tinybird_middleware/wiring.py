@@ -8,6 +8,7 @@ all at once, with the warnings).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,20 +223,36 @@ def configure(
     )
 
 
+_ENV_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+#: Stands in for a malformed key while the rules across fields are checked (never used).
+_PLACEHOLDER_SECRET = "sk_test_" + "0" * 40
+
+
 def diagnose(environ: Any, clock: Clock) -> Iterator[Problem]:
-    """Every problem of the configuration in ``environ`` (for ``clerk-tinybird check``)."""
+    """Every problem of the configuration in ``environ`` (for ``clerk-tinybird check``): each
+    malformed value, then the rules across fields over the well-formed ones (a malformed key
+    replaced by a placeholder, so its problem is not reported twice)."""
     from .settings import field_problems, raw_values
 
     values = raw_values(environ)
-    bad = list(field_problems(values))
-    for problem in bad:
-        yield Problem("error", str(problem))
-    if bad:
-        return
+    good = dict(values)
+    reported = set()
+    for name, value in values.items():
+        problems = list(field_problems({name: value}))
+        for problem in problems:
+            yield Problem("error", str(problem))
+        if problems:
+            reported.add(Settings.env_name(name))
+            del good[name]
+            if name == "secret_key":
+                good[name] = _PLACEHOLDER_SECRET
     try:
-        parts = configure(Settings(**values), token_source=None, token_cache=None, clock=clock)
+        parts = configure(Settings(**good), token_source=None, token_cache=None, clock=clock)
     except ConfigurationError as problem:
-        yield Problem("error", str(problem))
+        named = _ENV_NAME.search(str(problem))
+        if named is None or named.group() not in reported:
+            yield Problem("error", str(problem))
         return
-    for warning in parts.warnings:
-        yield Problem("warning", warning)
+    if good == values:  # warnings about a configuration that is not the one given mislead
+        for warning in parts.warnings:
+            yield Problem("warning", warning)
