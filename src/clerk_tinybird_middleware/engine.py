@@ -175,7 +175,7 @@ class Engine:
         if reason is None:
             reason = cookie_rule(located)
         if reason is None and page_load and located.token and located.client_uat is None:
-            # A cookie with no __client_uat: fine for an API client (§4), stale for a page.
+            # A cookie with no __client_uat: fine for an API client, stale for a page.
             reason = Reason.TOKEN_BUT_NO_UAT
         verified: Verified | None = None
         if reason is None:
@@ -281,8 +281,9 @@ class Engine:
         )
 
     def _dev_browser(self, request: RequestView, located: Located) -> str | None:
-        """Development instances, page loads only (other requests keep §4's answers): the
-        dev-browser token in the URL must be synced, and a page without one needs it."""
+        """Development instances, page loads only (other requests keep the cookie rules'
+        answers): the dev-browser token in the URL must be synced, and a page without one
+        needs it."""
         if hs.query_value(request.query, hs.DEV_BROWSER):
             return Reason.DEV_BROWSER_SYNC
         if not self._dev_browser_token(request, located):

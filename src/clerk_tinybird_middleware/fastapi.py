@@ -1,7 +1,8 @@
 """FastAPI dependencies over what :class:`ClerkTinybirdMiddleware` put in ``request.state``.
 
 They only read ``request.state``, so ``app.dependency_overrides`` replace them cleanly in
-tests. Errors are ``HTTPException`` s whose ``detail`` carries the JSON bodies of SPEC §6::
+tests. Errors are ``HTTPException`` s whose ``detail`` carries the middleware's JSON error
+bodies (README, "Errors")::
 
     @app.get("/api/stats")
     async def stats(session: SessionDep, token: TinybirdTokenDep) -> dict[str, str]:

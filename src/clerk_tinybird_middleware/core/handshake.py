@@ -43,8 +43,8 @@ DEV_BROWSER = "__clerk_db_jwt"
 OUTBOUND_DROP = frozenset({DEV_BROWSER, "__dev_session"})
 RESOLVED_DROP = frozenset({LEGACY_TOKEN, "__clerk_help", DEV_BROWSER, NONCE})
 
-#: §4 reasons that make an eligible page request handshake, with the reason @clerk/backend
-#: sends as ``__clerk_hs_reason``.
+#: The cookie-path reasons that make an eligible page request handshake, with the reason
+#: @clerk/backend sends as ``__clerk_hs_reason``.
 TRIGGERS: Mapping[str, str] = {
     Reason.TOKEN_BUT_NO_UAT: Reason.TOKEN_BUT_NO_UAT,
     Reason.UAT_BUT_NO_TOKEN: Reason.UAT_BUT_NO_TOKEN,

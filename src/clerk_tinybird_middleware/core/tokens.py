@@ -268,7 +268,8 @@ class Counters(Protocol):
 
 
 class TokenBroker:
-    """Session → token outcome, for one source and one cache; every rule of SPEC §5/§11."""
+    """Session → token outcome, for one source and one cache: the cache, the failure memory,
+    the instance-wide 429 pause, single-flight, refresh ahead and the tenant guard."""
 
     def __init__(
         self,
