@@ -197,7 +197,7 @@ class ClerkTemplateSource:
                 allowed = {shortcodes.FIELDS[f](session) for f in fields} - {None}
                 if str(fixed[param]) not in allowed:
                     raise TokenError(
-                        TokenError.TENANT_MISSING,
+                        TokenError.TENANT_MISMATCH,
                         f"the template token's {param!r} is not this session's (org switched?)",
                         cacheable=False,
                     )

@@ -55,6 +55,10 @@ class TokenError(Exception):
     TEMPLATE_NOT_FOUND = "clerk-template-not-found"
     SESSION_NOT_FOUND = "clerk-session-not-found"
     TENANT_MISSING = "tenant-missing"
+    #: A template token pinning another tenant than the request's (right after an org
+    #: switch): the same public code — this request has no token for its tenant — but never
+    #: remembered as a failure.
+    TENANT_MISMATCH = TENANT_MISSING
     NOT_CONFIGURED = "tinybird-not-configured"
 
     CACHEABLE = frozenset({TENANT_MISSING, SESSION_NOT_FOUND, TEMPLATE_NOT_FOUND})
