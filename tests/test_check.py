@@ -4,6 +4,8 @@ and the JWT template. Output is plain when stdout is not a terminal."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from clerk_tinybird_middleware.cli import main
@@ -43,6 +45,17 @@ def _check(
     return code, out.splitlines()
 
 
+def _online(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fake: FakeClerk,
+    **env: str,
+) -> tuple[int, list[str]]:
+    """``check --online`` against ``fake`` (its secret key unless ``env`` says otherwise)."""
+    env = {"CLERK_SECRET_KEY": fake.secret_key, "CLERK_API_URL": fake.api_url, **env}
+    return _check(capsys, monkeypatch, "--online", **env)
+
+
 def test_a_clean_configuration_passes(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -80,13 +93,7 @@ def test_every_problem_is_one_line_naming_its_variable(
 def test_online_reads_the_jwks_and_the_template(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_clerk: FakeClerk
 ) -> None:
-    code, lines = _check(
-        capsys,
-        monkeypatch,
-        "--online",
-        CLERK_SECRET_KEY=fake_clerk.secret_key,
-        CLERK_API_URL=fake_clerk.api_url,
-    )
+    code, lines = _online(capsys, monkeypatch, fake_clerk)
 
     assert code == 0, lines
     assert "✓ JWKS: 1 signing key(s) from Clerk" in lines
@@ -100,14 +107,7 @@ def test_online_reads_the_jwks_and_the_template(
 def test_online_names_a_missing_template(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_clerk: FakeClerk
 ) -> None:
-    code, lines = _check(
-        capsys,
-        monkeypatch,
-        "--online",
-        CLERK_SECRET_KEY=fake_clerk.secret_key,
-        CLERK_API_URL=fake_clerk.api_url,
-        CLERK_TINYBIRD_TEMPLATE="analytics",
-    )
+    code, lines = _online(capsys, monkeypatch, fake_clerk, CLERK_TINYBIRD_TEMPLATE="analytics")
 
     assert code == 1
     assert "✗ CLERK_TINYBIRD_TEMPLATE: no JWT template named 'analytics' (found: tinybird)" in lines
@@ -121,10 +121,8 @@ def test_online_refuses_a_template_that_cannot_work(
     fake.add_template(
         "tinybird", {"scopes": unpinned}, fake_tinybird.admin_token, algorithm="RS256", lifetime=5
     )
-    with fake.serve() as url:
-        code, lines = _check(
-            capsys, monkeypatch, "--online", CLERK_SECRET_KEY=fake.secret_key, CLERK_API_URL=url
-        )
+    with fake.serve():
+        code, lines = _online(capsys, monkeypatch, fake)
 
     assert code == 1
     problems = [line for line in lines if line.startswith("✗ ")]
@@ -139,9 +137,7 @@ def test_online_refuses_a_template_that_cannot_work(
 def test_online_reports_a_refused_secret_key(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_clerk: FakeClerk
 ) -> None:
-    code, lines = _check(
-        capsys, monkeypatch, "--online", CLERK_SECRET_KEY=SECRET, CLERK_API_URL=fake_clerk.api_url
-    )
+    code, lines = _online(capsys, monkeypatch, fake_clerk, CLERK_SECRET_KEY=SECRET)
 
     assert code == 1
     assert "✗ CLERK_SECRET_KEY: Clerk refused it (401) for the JWKS" in lines
@@ -151,15 +147,13 @@ def test_online_reports_a_refused_secret_key(
 def test_online_with_local_minting_needs_no_template(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_clerk: FakeClerk
 ) -> None:
-    code, lines = _check(
+    code, lines = _online(
         capsys,
         monkeypatch,
-        "--online",
-        CLERK_SECRET_KEY=fake_clerk.secret_key,
-        CLERK_API_URL=fake_clerk.api_url,
+        fake_clerk,
         TINYBIRD_WORKSPACE_ID="ws_1",
         TINYBIRD_JWT_SECRET=ADMIN_TOKEN,
-        TINYBIRD_JWT_SCOPES=str(SCOPES).replace("'", '"'),
+        TINYBIRD_JWT_SCOPES=json.dumps(SCOPES),
     )
 
     assert code == 0, lines
