@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from clerk_tinybird_middleware.testing import FakeClerk
 from leaks import LeakWatch, SummaryRelay
 from services import RedisServer, need_binary
 
@@ -25,6 +26,29 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No variable of the settings table comes in from the environment the suite runs in
+    (modules that read settings from the environment use it for every test)."""
+    from clerk_tinybird_middleware import Settings
+
+    for name in Settings.env_names():
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def configured(fake_clerk: FakeClerk) -> Iterator[None]:
+    """Django settings pointing the middleware at the test's FakeClerk."""
+    from django.test import override_settings
+
+    from django_support import overrides
+
+    with override_settings(
+        **overrides(CLERK_SECRET_KEY=fake_clerk.secret_key, CLERK_API_URL=fake_clerk.api_url)
+    ):
+        yield
 
 
 @pytest.fixture(autouse=True)

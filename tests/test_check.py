@@ -12,26 +12,10 @@ from clerk_tinybird_middleware.cli import main
 from clerk_tinybird_middleware.testing import FakeClerk, FakeTinybird
 from constants import ADMIN_TOKEN, SCOPES
 
-ENV_NAMES = (
-    "CLERK_SECRET_KEY",
-    "CLERK_JWT_KEY",
-    "CLERK_PUBLISHABLE_KEY",
-    "CLERK_API_URL",
-    "CLERK_AUTHORIZED_PARTIES",
-    "CLERK_CLOCK_SKEW_SECONDS",
-    "CLERK_TINYBIRD_TEMPLATE",
-    "CLERK_TINYBIRD_REFRESH_MARGIN",
-    "TINYBIRD_WORKSPACE_ID",
-    "TINYBIRD_JWT_SECRET",
-    "TINYBIRD_JWT_SCOPES",
-)
 SECRET = "sk_test_" + "c" * 40
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def _check(

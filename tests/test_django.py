@@ -7,7 +7,7 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,7 @@ PREFLIGHT = {"Origin": "http://a.test", "Access-Control-Request-Method": "GET"}
 Get = Callable[..., Awaitable[Any]]
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in Settings.env_names():
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def configured(fake_clerk: FakeClerk) -> Iterator[None]:
-    with override_settings(
-        **overrides(CLERK_SECRET_KEY=fake_clerk.secret_key, CLERK_API_URL=fake_clerk.api_url)
-    ):
-        yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def client_get(kind: str) -> Get:

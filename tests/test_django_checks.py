@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from clerk_tinybird_middleware import LocalTokenSource, Settings
+from clerk_tinybird_middleware import LocalTokenSource
 from clerk_tinybird_middleware.django import checks
 from clerk_tinybird_middleware.testing import FakeClerk
 from clerk_tinybird_middleware.wiring import Problem
@@ -26,10 +26,7 @@ SCOPES = json.dumps(
 )
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in Settings.env_names():
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def found(**settings: Any) -> list[str]:

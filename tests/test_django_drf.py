@@ -5,13 +5,12 @@ the event loop under ASGI), against FakeClerk."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.test import AsyncClient, Client, override_settings
+from django.test import AsyncClient, Client
 
-from clerk_tinybird_middleware import ClerkSession, Settings
+from clerk_tinybird_middleware import ClerkSession
 from clerk_tinybird_middleware.django import (
     AnonymousClerkUser,
     ClerkUser,
@@ -20,25 +19,13 @@ from clerk_tinybird_middleware.django import (
 )
 from clerk_tinybird_middleware.testing import FakeClerk
 from constants import ORG
-from django_support import overrides
 
 KINDS = ("sync", "async")
 MEMBER = {"id": "org_m", "slug": "members", "role": "member", "permissions": []}
 OWNER = {"id": "org_o", "slug": "owners", "role": "owner", "permissions": []}
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in Settings.env_names():
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def configured(fake_clerk: FakeClerk) -> Iterator[None]:
-    with override_settings(
-        **overrides(CLERK_SECRET_KEY=fake_clerk.secret_key, CLERK_API_URL=fake_clerk.api_url)
-    ):
-        yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 class Caller:

@@ -26,7 +26,6 @@ from django.core.wsgi import get_wsgi_application
 from django.test import override_settings
 
 import django_support
-from clerk_tinybird_middleware import Settings
 from clerk_tinybird_middleware.testing import FakeClerk, FakeTinybird
 from constants import ORG
 from django_support import directives_for, handshake_token, overrides, pk_live
@@ -38,18 +37,7 @@ EXAMPLES = ROOT / "examples"
 FIGURES = "django: upstream calls under real servers"
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in Settings.env_names():
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def configured(fake_clerk: FakeClerk) -> Iterator[None]:
-    with override_settings(
-        **overrides(CLERK_SECRET_KEY=fake_clerk.secret_key, CLERK_API_URL=fake_clerk.api_url)
-    ):
-        yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 class _QuietHandler(WSGIRequestHandler):  # type: ignore[misc]
