@@ -13,10 +13,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 REQUIRE_SERVICES = os.environ.get("CLERK_TINYBIRD_REQUIRE_SERVICES") == "1"
@@ -306,3 +309,28 @@ class TLSRedisServer(RedisServer):
         )
         pairs = (line.split(":", 1) for line in done.stdout.splitlines() if ":" in line)
         return {name: value.strip() for name, value in pairs}
+
+
+def requests_from_threads(
+    url: str, path: str, tokens: list[str], threads: int = 20, each: int = 10
+) -> list[tuple[str, str]]:
+    """``threads`` clients released at once, each sending ``each`` requests to ``path`` with the
+    session tokens in turn (Bearer): every answer's (user, Tinybird token). Each answer must be
+    200 and carry its token in the body (``{"user", "token"}``) as in the header."""
+    start = threading.Barrier(threads)
+
+    def worker(n: int) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        with httpx.Client(base_url=url, timeout=20) as http:
+            start.wait()
+            for i in range(each):
+                token = tokens[(n + i) % len(tokens)]
+                response = http.get(path, headers={"Authorization": f"Bearer {token}"})
+                assert response.status_code == 200
+                body = response.json()
+                assert body["token"] == response.headers["x-tinybird-token"]
+                seen.append((body["user"], body["token"]))
+        return seen
+
+    with ThreadPoolExecutor(threads) as pool:
+        return [pair for seen in pool.map(worker, range(threads)) for pair in seen]

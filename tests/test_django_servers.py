@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from clerk_tinybird_middleware.testing import FakeClerk, FakeTinybird
 from constants import ORG
 from django_support import directives_for, handshake_token, overrides, pk_live
 from leaks import summary
-from services import free_port
+from services import free_port, requests_from_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -111,23 +110,8 @@ def test_threaded_wsgi_server_makes_one_template_call_per_tenant(
     tokens = [
         fake_clerk.session_token(f"user_{i}", org={**ORG, "id": f"org_{i}"}) for i in range(5)
     ]
-    start = threading.Barrier(20)
-
-    def worker(n: int) -> list[tuple[str, str]]:
-        seen: list[tuple[str, str]] = []
-        with httpx.Client(base_url=url, timeout=20) as http:
-            start.wait()
-            for i in range(10):
-                token = tokens[(n + i) % 5]
-                response = http.get("/state", headers={"Authorization": f"Bearer {token}"})
-                assert response.status_code == 200
-                body = response.json()
-                assert body["token"] == response.headers["x-tinybird-token"]
-                seen.append((body["user"], body["token"]))
-        return seen
-
-    with runserver(get_wsgi_application()) as url, ThreadPoolExecutor(20) as pool:
-        results = [pair for seen in pool.map(worker, range(20)) for pair in seen]
+    with runserver(get_wsgi_application()) as url:
+        results = requests_from_threads(url, "/state", tokens)
     calls = fake_clerk.calls["template"]
     summary(request.config).add(
         FIGURES,

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -19,6 +17,7 @@ from clerk_tinybird_middleware import ClerkTinybirdWSGIMiddleware, Settings
 from clerk_tinybird_middleware._types import StartResponse, WSGIEnviron
 from clerk_tinybird_middleware.testing import FakeClerk
 from clerk_tinybird_middleware.testing._server import serve_wsgi
+from services import requests_from_threads
 
 KEYS = ("clerk_auth", "clerk_session", "tinybird_token", "tinybird_token_error")
 
@@ -305,23 +304,8 @@ def test_threads_share_one_template_call_per_tenant(
     fake_clerk: FakeClerk, make: MakeMiddleware
 ) -> None:
     tokens = [_token(fake_clerk, f"user_{i}", f"org_{i}") for i in range(5)]
-    start = threading.Barrier(20)
-
-    def worker(n: int) -> list[tuple[str, str]]:
-        seen: list[tuple[str, str]] = []
-        with httpx.Client(base_url=url, timeout=20) as http:
-            start.wait()
-            for i in range(10):
-                token = tokens[(n + i) % 5]
-                response = http.get("/", headers={"Authorization": f"Bearer {token}"})
-                assert response.status_code == 200
-                body = response.json()
-                assert body["token"] == response.headers["x-tinybird-token"]
-                seen.append((body["user"], body["token"]))
-        return seen
-
-    with serve_wsgi(make()) as url, ThreadPoolExecutor(20) as pool:
-        results = [pair for seen in pool.map(worker, range(20)) for pair in seen]
+    with serve_wsgi(make()) as url:
+        results = requests_from_threads(url, "/", tokens)
     assert len(results) == 200
     assert fake_clerk.calls["template"] == 5
     by_user: dict[str, set[str]] = {}
